@@ -1,0 +1,3 @@
+from ghitwork.cli import main
+
+raise SystemExit(main())

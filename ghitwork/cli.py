@@ -1,0 +1,199 @@
+"""Command line: parse, wire, and the one error funnel with exit statuses."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import sys
+import traceback
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+from ghitwork import __version__
+from ghitwork.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from ghitwork.daemon import Daemon, Exit
+from ghitwork.durations import DurationError, format_duration, parse_duration
+from ghitwork.source import tail_command
+from ghitwork.state import Level, StateBus
+from ghitwork.status import StatusWriter
+
+PROG = "ghit-work"
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {PROG} --help)")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except DurationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer 0 or more")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    config_help = f"config file (default: ./{DEFAULT_CONFIG})"
+    parser = _Parser(
+        prog=PROG,
+        description="Wake coding agents up for the ghit events they subscribed to.",
+    )
+    parser.add_argument("-c", "--config", type=Path, default=Path(DEFAULT_CONFIG), help=config_help)
+    parser.add_argument(
+        "--retry",
+        type=_duration,
+        metavar="DURATION",
+        help="retry window for tail-events restarts (overrides the file)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=_limit,
+        metavar="N",
+        help="most agents working at once, 0 for no cap (overrides the file)",
+    )
+    parser.add_argument("--tui", action="store_true", help="open the terminal dashboard")
+    parser.add_argument(
+        "--drain",
+        action="store_true",
+        help="when tail-events exits with status 0, deliver every queued batch "
+        "and exit 0 (for recorded events)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="least important status lines shown (default: info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="status lines as text or one JSON object each (default: text)",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, text in (
+        ("init", "write a commented example config (and its prompt template)"),
+        ("check", "validate the config, print the agents and the tail-events command"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, help=config_help)
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    debug = False
+    try:
+        args = build_parser().parse_args(argv)
+        debug = args.log_level == "debug"
+        if args.command == "init":
+            return init(args.config, out)
+        config = load_config(args.config).with_overrides(args.retry, args.limit)
+        if args.command == "check":
+            check(config, out)
+            return Exit.OK
+        return run(config, args, err)
+    except UsageError as error:
+        print(f"{PROG}: error: {error}", file=err)
+        return Exit.USAGE
+    except ConfigError as error:
+        print(f"{PROG}: error: {error}", file=err)
+        return Exit.USAGE
+    except KeyboardInterrupt:
+        return Exit.OK
+    except Exception as error:
+        if debug:
+            traceback.print_exc(file=err)
+        print(f"{PROG}: error: {error}", file=err)
+        return Exit.FAILURE
+
+
+INIT_FILES = ("ghit-work.toml", "prompt.md.j2")
+
+
+def init(path: Path, out: TextIO) -> int:
+    """Write the example config at `path` and its prompt template beside it; never overwrite."""
+    templates = resources.files("ghitwork") / "templates"
+    targets = {
+        path: templates / INIT_FILES[0],
+        path.parent / INIT_FILES[1]: templates / INIT_FILES[1],
+    }
+    existing = [str(target) for target in targets if os.path.lexists(target)]
+    if existing:
+        raise ConfigError(
+            existing[0],
+            None,
+            "already exists; ghit-work init never overwrites a file (choose "
+            "another path with -c, or move it away)",
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for target, source in targets.items():
+        with open(target, "x", encoding="utf-8") as handle:
+            handle.write(source.read_text(encoding="utf-8"))
+        written.append(str(target))
+    print(f"wrote {' and '.join(written)}", file=out)
+    print(f"next: edit the agents, then `{PROG} check -c {path}`", file=out)
+    return Exit.OK
+
+
+def check(config: Config, out: TextIO) -> None:
+    """Print what `ghit-work -c PATH` would run."""
+    limit = "no cap" if config.limit == 0 else str(config.limit)
+    print(f"config: {config.path}", file=out)
+    print(
+        f"limit: {limit}   retry: {format_duration(config.retry)}   state_dir: {config.state_dir}",
+        file=out,
+    )
+    print(f"agents: {len(config.agents)} ({len(config.enabled_agents)} enabled)", file=out)
+    for agent in config.agents:
+        state = "enabled" if agent.enabled else "disabled"
+        print(f"  {agent.name} ({state}, user {agent.username})", file=out)
+        print(f"    cmd:      {shlex.join(agent.cmd)}", file=out)
+        if agent.resume_cmd:
+            print(f"    resume:   {shlex.join(agent.resume_cmd)}", file=out)
+        print(f"    workdir:  {agent.workdir}", file=out)
+        print(f"    scopes:   {', '.join(agent.event_scopes)}", file=out)
+        print(f"    kinds:    {', '.join(agent.event_kinds)}", file=out)
+        print(f"    budget:   {agent.budget or 'none'}", file=out)
+        print(
+            f"    timeout:  {format_duration(agent.timeout) if agent.timeout else 'none'}", file=out
+        )
+        print(f"    logdir:   {agent.logdir or 'none'}", file=out)
+        print(f"    prompt:   {agent.prompt.origin}", file=out)
+    if config.enabled_agents:
+        argv = tail_command(config.tail_cmd, config.agents, None)
+        print(f"tail-events: {shlex.join(argv)}", file=out)
+    else:
+        print("tail-events: not started (no enabled agent)", file=out)
+
+
+def run(config: Config, args: argparse.Namespace, err: TextIO) -> int:
+    bus = StateBus()
+    secrets = [os.environ.get("GHIT_API_TOKEN", "")]
+    writer = StatusWriter(err, Level(args.log_level), args.log_format == "json", secrets)
+    bus.changes.subscribe(writer)
+    daemon = Daemon(config, bus, drain=args.drain)
+    return int(asyncio.run(daemon.run()))

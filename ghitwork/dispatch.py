@@ -1,0 +1,318 @@
+"""The agents' side of the pipeline: one mailbox per agent, and the launch of its runs.
+
+`Agent` is the per-agent state the `batch_while_busy` stage works on: its pending events, its
+state, its session id and its last runs. `Dispatcher` owns every `Agent`, turns a batch into an
+`Invocation`, and publishes each change on the state bus. All of it runs on the asyncio loop's
+thread, so nothing here needs a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import reactivex
+from reactivex import Observable
+from reactivex import operators as ops
+
+from ghitwork import prompt
+from ghitwork.config import AgentConfig, Config
+from ghitwork.events import Event
+from ghitwork.routing import Matcher
+from ghitwork.runner import Invocation, RunResult, agent_environment
+from ghitwork.state import (
+    AgentChanged,
+    AgentState,
+    Change,
+    EventRouted,
+    Level,
+    Notice,
+    RunFinished,
+    RunStarted,
+)
+
+RECENT_RUNS = 20
+
+
+class CannotStart(Exception):
+    """The batch cannot be handed to the agent (its template failed); it stays queued."""
+
+
+Launch = Callable[["Agent", list[Event]], Observable[RunResult]]
+
+
+class Agent:
+    """One agent's mailbox: events wait here until the run that takes them starts."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        launch: Launch,
+        publish: Callable[[Change], None],
+        on_idle: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.pending: list[Event] = []
+        self.redelivered: set[int] = set()
+        self.session_id: str | None = None
+        self.state = AgentState.IDLE if config.enabled else AgentState.DISABLED
+        self.batch: tuple[Event, ...] = ()
+        self.recent: deque[RunResult] = deque(maxlen=RECENT_RUNS)
+        self.problem = ""  # why the agent is failing, until a reload or a good run
+        self.outstanding = False  # a run is requested (queued for a slot) or working
+        self.stopping = False
+        self._launch = launch
+        self._publish = publish
+        self._on_idle = on_idle
+        self._request: Callable[[Observable[RunResult]], None] | None = None
+        self._complete: Callable[[], None] | None = None
+        self._closing = False
+
+    # -- the Mailbox protocol used by routing.batch_while_busy
+    def attach(
+        self, request: Callable[[Observable[Any]], None], complete: Callable[[], None]
+    ) -> None:
+        self._request, self._complete = request, complete
+        self.wake()
+
+    def add(self, event: Event) -> None:
+        self.pending.append(event)
+        self.wake()
+
+    def close(self) -> None:
+        self._closing = True
+        self._complete_if_done()
+
+    # -- decisions
+    @property
+    def runnable(self) -> bool:
+        return (
+            self.config.enabled
+            and not self.stopping
+            and self.state is not AgentState.FAILING
+            and self.state is not AgentState.THROTTLED
+        )
+
+    def wake(self) -> bool:
+        """Request a run when there is something to do and nothing outstanding."""
+        if self.outstanding or not self.pending or not self.runnable or self._request is None:
+            return False
+        self.outstanding = True
+        self._set(AgentState.QUEUED)
+        self._request(reactivex.defer(lambda _scheduler: self._start()))
+        return True
+
+    def _start(self) -> Observable[RunResult]:
+        """The run got its slot: take every pending event as the batch, now."""
+        if not self.runnable or not self.pending:
+            self.outstanding = False
+            self._set(AgentState.IDLE if self.config.enabled else AgentState.DISABLED)
+            self._complete_if_done()
+            return reactivex.empty()
+        batch, self.pending = self.pending, []
+        try:
+            run = self._launch(self, batch)
+        except CannotStart as error:
+            self.pending[:0] = batch
+            self.outstanding = False
+            self.problem = str(error)
+            self._set(AgentState.FAILING, str(error))
+            self._complete_if_done()
+            return reactivex.empty()
+        old, self.state = self.state, AgentState.WORKING
+        self.batch = tuple(batch)
+        self._publish(
+            RunStarted(
+                agent=self.name,
+                old=old,
+                event_ids=tuple(e.id for e in batch),
+                pid=None,
+                resumed=self._resumed(),
+                redelivered=self._was_redelivered(batch),
+                session_id=self.session_id,
+                queue=len(self.pending),
+            )
+        )
+        return run.pipe(ops.do_action(on_next=self._finished))
+
+    def _resumed(self) -> bool:
+        return self.session_id is not None and self.config.resume_cmd is not None
+
+    def _was_redelivered(self, batch: Sequence[Event]) -> bool:
+        return any(event.id in self.redelivered for event in batch)
+
+    def _finished(self, result: RunResult) -> None:
+        batch, self.batch = self.batch, ()
+        if result.stopped:
+            # Not finished: these events go again, first, marked as redelivered.
+            self.pending[:0] = batch
+            self.redelivered.update(event.id for event in batch)
+        else:
+            self.redelivered.difference_update(event.id for event in batch)
+        if result.session_id:
+            self.session_id = result.session_id
+        elif result.resumed and not result.ok:
+            self.session_id = None  # the resumed session is gone: start fresh next time
+        self.recent.append(result)
+        self.problem = "" if result.ok else result.describe()
+        self.outstanding = False
+        self.state = AgentState.IDLE if self.config.enabled else AgentState.DISABLED
+        self._publish(
+            RunFinished(agent=self.name, result=result, new=self.state, queue=len(self.pending))
+        )
+        if not self.wake():
+            self._complete_if_done()
+            self._on_idle()
+
+    def _complete_if_done(self) -> None:
+        if self._closing and not self.outstanding and self._complete is not None:
+            complete, self._complete = self._complete, None
+            complete()
+
+    def _set(self, new: AgentState, reason: str = "") -> None:
+        if new is self.state:
+            return
+        old, self.state = self.state, new
+        self._publish(
+            AgentChanged(agent=self.name, old=old, new=new, queue=len(self.pending), reason=reason)
+        )
+
+
+class Dispatcher:
+    """Owns the agents, the matcher and the running invocations."""
+
+    def __init__(
+        self,
+        config: Config,
+        publish: Callable[[Change], None],
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.publish = publish
+        self.environ = dict(os.environ if environ is None else environ)
+        self.secrets = [v for k, v in self.environ.items() if k == "GHIT_API_TOKEN" and v]
+        self.matcher = Matcher(config.agents)
+        self.agents: dict[str, Agent] = {}
+        self.running: dict[str, Invocation] = {}
+        self.stopping = False
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        for agent in config.agents:
+            self.mailbox(agent.name)
+
+    def mailbox(self, name: str) -> Agent:
+        agent = self.agents.get(name)
+        if agent is None:
+            agent_config = self.config.agent(name)
+            assert agent_config is not None, f"no agent {name}"
+            agent = Agent(agent_config, self.launch, self.publish, self._check_idle)
+            self.agents[name] = agent
+        return agent
+
+    def route(self, event: Event) -> tuple[str, ...]:
+        return self.matcher.match(event)
+
+    def routed(self, event: Event, names: tuple[str, ...]) -> None:
+        self.publish(EventRouted(event=event, agents=names))
+
+    def launch(self, agent: Agent, batch: list[Event]) -> Observable[RunResult]:
+        config = agent.config
+        resumed = agent.session_id is not None and config.resume_cmd is not None
+        context = {
+            "agent": {
+                "name": config.name,
+                "username": config.username,
+                "workdir": str(config.workdir),
+            },
+            "events": [event.data for event in batch],
+            "session_id": agent.session_id,
+            "resumed": resumed,
+            "redelivered": any(event.id in agent.redelivered for event in batch),
+        }
+        try:
+            text = config.prompt.render(context)
+        except Exception as error:  # a template may raise anything; it must not stop others
+            message = (
+                f"prompt template {config.prompt.origin} failed: {prompt.describe_error(error)}"
+            )
+            self.publish(
+                Notice(
+                    level=Level.ERROR,
+                    topic="template",
+                    agent=agent.name,
+                    message=f"{message}; {len(batch)} event(s) stay queued until a reload fixes it",
+                )
+            )
+            raise CannotStart(message) from None
+        if resumed:
+            assert config.resume_cmd is not None and agent.session_id is not None
+            argv = [part.replace("{session_id}", agent.session_id) for part in config.resume_cmd]
+        else:
+            argv = list(config.cmd)
+        invocation = Invocation(
+            agent=config.name,
+            argv=argv,
+            prompt=text,
+            workdir=config.workdir,
+            env=agent_environment(self.environ, config.env, config.name),
+            event_ids=[event.id for event in batch],
+            timeout=config.timeout,
+            logdir=config.logdir,
+            session_pattern=config.session_id_pattern,
+            resumed=resumed,
+            secrets=self.secrets,
+            forward=None if config.logdir else self._forwarder(config.name),
+        )
+        self.running[config.name] = invocation
+
+        async def run() -> RunResult:
+            try:
+                return await invocation.run()
+            finally:
+                self.running.pop(config.name, None)
+
+        return reactivex.from_future(asyncio.ensure_future(run()))
+
+    def _forwarder(self, name: str) -> Callable[[str, str], None]:
+        def forward(stream: str, line: str) -> None:
+            self.publish(
+                Notice(level=Level.INFO, topic=f"agent.{stream}", agent=name, message=line)
+            )
+
+        return forward
+
+    def terminate(self, name: str, reason: str) -> bool:
+        """SIGTERM the agent's running invocation (SIGKILL after a grace period)."""
+        invocation = self.running.get(name)
+        if invocation is None:
+            return False
+        invocation.terminate(reason)
+        return True
+
+    async def stop(self) -> None:
+        """No new runs; terminate the running ones and wait until every agent is idle."""
+        self.stopping = True
+        for agent in self.agents.values():
+            agent.stopping = True
+        for name in list(self.running):
+            self.terminate(name, "ghit-work is stopping")
+        await self.wait_idle()
+
+    async def wait_idle(self) -> None:
+        """Until no agent has a run working (queued requests are dropped by `stopping`)."""
+        while any(agent.state is AgentState.WORKING for agent in self.agents.values()):
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(waiter)
+            await waiter
+
+    def _check_idle(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def pending_events(self) -> dict[str, list[Event]]:
+        return {name: list(agent.pending) for name, agent in self.agents.items() if agent.pending}

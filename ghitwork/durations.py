@@ -1,0 +1,86 @@
+"""Durations ("90s", "5m", "1h30m", bare seconds) and run budgets ("20/1h")."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_BARE = re.compile(r"\d+(?:\.\d+)?")
+
+
+class DurationError(ValueError):
+    """A value that is not a duration; the message says what would be."""
+
+
+def parse_duration(value: object) -> float:
+    """Seconds in `value`: a non-negative number, or a string such as "90s", "5m", "1h30m"."""
+    if isinstance(value, bool):
+        raise DurationError(f'{value!r} is not a duration (try "5m")')
+    if isinstance(value, int | float):
+        if value < 0:
+            raise DurationError(f"{value!r} is negative; a duration is 0 or more")
+        return float(value)
+    if not isinstance(value, str):
+        raise DurationError(f'{value!r} is not a duration (try "5m")')
+    text = value.strip().lower()
+    if _BARE.fullmatch(text):
+        return float(text)
+    pos = 0
+    total = 0.0
+    for match in _PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise DurationError(f'"{value}" is not a duration (try "5m")')
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Compact form: 0.25s, 42s, 5m, 1h30m, 2d3h."""
+    if seconds < 10 and seconds != int(seconds):
+        return f"{seconds:.2f}".rstrip("0").rstrip(".") + "s"
+    rest = round(seconds)
+    if rest < 60:
+        return f"{rest}s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """At most `runs` invocations start in any rolling `window` seconds."""
+
+    runs: int
+    window: float
+
+    def __str__(self) -> str:
+        return f"{self.runs}/{format_duration(self.window)}"
+
+
+def parse_budget(value: object) -> Budget:
+    """A budget "N/DURATION" with N >= 1 and a window longer than zero."""
+    shown = f'"{value}"' if isinstance(value, str) else repr(value)
+    if not isinstance(value, str) or "/" not in value:
+        raise DurationError(f'{shown} is not a budget (try "20/1h": 20 runs per hour)')
+    count, _, window = value.partition("/")
+    count = count.strip()
+    if not count.isdigit():
+        raise DurationError(f'"{value}" is not a budget (try "20/1h": 20 runs per hour)')
+    runs = int(count)
+    if runs < 1:
+        raise DurationError(f'"{value}" allows no run at all; the count must be 1 or more')
+    try:
+        seconds = parse_duration(window.strip())
+    except DurationError:
+        raise DurationError(f'"{value}" is not a budget (try "20/1h": 20 runs per hour)') from None
+    if seconds <= 0:
+        raise DurationError(f'"{value}" has an empty window; use a duration such as "1h"')
+    return Budget(runs, seconds)

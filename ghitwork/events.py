@@ -1,0 +1,162 @@
+"""Turn tail-events output into events.
+
+ghit's docs do not say whether `tail-events` prints one JSON object per line or pretty-prints
+each across lines, so the decoder accepts both, and blank lines between. The fast path is one
+`json.loads` per line; only a line that does not parse alone starts collecting a multi-line
+object, which ends when its braces balance. A `{` in column 0 while collecting starts a new
+object (pretty-printers indent nested ones), so one truncated object never swallows the next.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+MAX_OBJECT_BYTES = 4 * 1024 * 1024
+_loads: Callable[[str | bytes], Any] = json.loads
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One ghit event: the fields routing needs, and the object as printed."""
+
+    id: int
+    kind: str
+    actor: str | None
+    scopes: tuple[str, ...]
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """Output that is not an event, with the reason and its first bytes."""
+
+    reason: str
+    excerpt: str
+
+
+def excerpt(text: str | bytes, size: int = 80) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = text.strip()
+    short = text[:size] + ("…" if len(text) > size else "")
+    return json.dumps(short, ensure_ascii=False)
+
+
+def to_event(obj: object, raw: str | bytes) -> Event | Malformed:
+    """Validate one decoded object: an integer `id` and a string `kind` are required."""
+    if not isinstance(obj, dict):
+        return Malformed("not a JSON object", excerpt(raw))
+    ident = obj.get("id")
+    if not isinstance(ident, int) or isinstance(ident, bool):
+        return Malformed("no integer id", excerpt(raw))
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or not kind:
+        return Malformed("no kind", excerpt(raw))
+    actor = obj.get("actor_user_username")
+    scopes = obj.get("scopes")
+    return Event(
+        id=ident,
+        kind=kind,
+        actor=actor if isinstance(actor, str) else None,
+        scopes=tuple(s for s in scopes if isinstance(s, str)) if isinstance(scopes, list) else (),
+        data=obj,
+    )
+
+
+class Decoder:
+    """Feed it lines (bytes, newline included or not); it yields events and malformed input."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False
+
+    def feed(self, line: bytes) -> Iterator[Event | Malformed]:
+        if self._parts:
+            yield from self._collect(line)
+            return
+        stripped = line.strip()
+        if not stripped:
+            return
+        try:
+            obj = _loads(stripped)
+        except ValueError:
+            if stripped[:1] != b"{":
+                yield Malformed("not JSON", excerpt(stripped))
+                return
+            self._start(line)
+            if self._depth <= 0:
+                yield from self._finish()
+            return
+        yield to_event(obj, stripped)
+
+    def close(self) -> Iterator[Event | Malformed]:
+        """End of stream: an unfinished object is malformed."""
+        if self._parts:
+            text = b"".join(self._parts)
+            self._reset()
+            yield Malformed("incomplete JSON object at end of stream", excerpt(text))
+
+    def _collect(self, line: bytes) -> Iterator[Event | Malformed]:
+        if line[:1] == b"{":
+            yield Malformed("incomplete JSON object", excerpt(b"".join(self._parts)))
+            self._reset()
+            yield from self.feed(line)
+            return
+        self._parts.append(line)
+        self._size += len(line)
+        self._scan(line)
+        if self._depth <= 0:
+            yield from self._finish()
+        elif self._size > MAX_OBJECT_BYTES:
+            text = b"".join(self._parts)
+            self._reset()
+            yield Malformed(f"JSON object larger than {MAX_OBJECT_BYTES} bytes", excerpt(text))
+
+    def _start(self, line: bytes) -> None:
+        self._parts = [line]
+        self._size = len(line)
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False
+        self._scan(line)
+
+    def _scan(self, line: bytes) -> None:
+        depth, in_string, escaped = self._depth, self._in_string, self._escaped
+        for byte in line:
+            if in_string:
+                if escaped:
+                    escaped = False
+                elif byte == 0x5C:  # backslash
+                    escaped = True
+                elif byte == 0x22:  # quote
+                    in_string = False
+            elif byte == 0x22:
+                in_string = True
+            elif byte in (0x7B, 0x5B):  # { [
+                depth += 1
+            elif byte in (0x7D, 0x5D):  # } ]
+                depth -= 1
+        self._depth, self._in_string, self._escaped = depth, in_string, escaped
+
+    def _finish(self) -> Iterator[Event | Malformed]:
+        text = b"".join(self._parts).strip()
+        self._reset()
+        try:
+            obj = _loads(text)
+        except ValueError as error:
+            yield Malformed(f"not JSON ({error})", excerpt(text))
+            return
+        yield to_event(obj, text)
+
+    def _reset(self) -> None:
+        self._parts = []
+        self._size = 0
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False

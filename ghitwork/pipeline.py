@@ -1,0 +1,35 @@
+"""The whole data flow on one screen.
+
+    tail-events stdout ──► events ──► fan_out(match) ──► group_by(agent)
+        ──► per agent: batch_while_busy (events wait while the agent is queued or working)
+        ──► slots.merge() (at most `limit` runs at once, 0 = no cap) ──► run results
+
+Each group is subscribed the moment it appears (flat_map), so no agent's first event is lost;
+the cap sits over the deferred runs, never over the groups; a run takes its batch when it gets
+its slot; a failed run is a RunResult value, never an Rx error.
+"""
+
+from __future__ import annotations
+
+from reactivex import GroupedObservable, Observable
+from reactivex import operators as ops
+
+from ghitwork.dispatch import Dispatcher
+from ghitwork.events import Event
+from ghitwork.routing import Pair, Slots, batch_while_busy, fan_out
+from ghitwork.runner import RunResult
+
+
+def dispatch(events: Observable[Event], agents: Dispatcher, slots: Slots) -> Observable[RunResult]:
+    def per_agent(group: GroupedObservable[str, Pair]) -> Observable[Observable[RunResult]]:
+        return group.pipe(batch_while_busy(agents.mailbox(group.key)))
+
+    def agent_of(pair: Pair) -> str:
+        return pair[0]
+
+    return events.pipe(
+        fan_out(agents.route, agents.routed),
+        ops.group_by(agent_of),
+        ops.flat_map(per_agent),
+        slots.merge(),
+    )

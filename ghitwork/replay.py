@@ -1,0 +1,177 @@
+"""A stand-in for `ghit-cli tail-events` that replays a recorded JSONL file of events.
+
+    ghit-work-replay EVENTS.jsonl [--follow] [--scope S]... [--kind K]... [--last-event-id N]
+
+Same filter flags as the real command, filtering like the server: scopes ORed (a team covers
+its repos and threads, a repo its threads), kinds ORed, AND between them, only ids above
+--last-event-id. Lines that are not events are passed through unchanged, so a recorded file
+can also exercise a reader's handling of malformed input. With --follow it keeps watching the
+file as it grows, like `tail -f`. A few flags inject faults for tests (--exit-after,
+--exit-status, --fail-at-start, --hang, --pretty, --delay).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+from ghitwork.scopes import covering
+
+POLL = 0.05
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ghit-work-replay",
+        description="Replay recorded ghit events like `ghit-cli tail-events` (no server needed).",
+    )
+    parser.add_argument("file", type=Path, help="JSONL file of recorded events")
+    parser.add_argument(
+        "-f", "--follow", action="store_true", help="keep reading as the file grows, like tail -f"
+    )
+    parser.add_argument("--scope", action="append", default=[], help="scope filter, repeatable")
+    parser.add_argument(
+        "--self",
+        dest="self_scope",
+        action="store_true",
+        help="--scope self (cannot be resolved without a server: matches nothing)",
+    )
+    parser.add_argument("--team", action="append", default=[], metavar="SLUG")
+    parser.add_argument("--repo", action="append", default=[], metavar="LOCATOR")
+    parser.add_argument("--thread", action="append", default=[], metavar="LOCATOR/N")
+    parser.add_argument("--user", action="append", default=[], metavar="NAME")
+    parser.add_argument("--kind", action="append", default=[], help="kind filter, repeatable")
+    parser.add_argument("--last-event-id", type=int, default=None, metavar="ID")
+    parser.add_argument(
+        "--pretty", action="store_true", help="print each event pretty-printed across lines"
+    )
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="pause before each event printed",
+    )
+    faults = parser.add_argument_group("fault injection")
+    faults.add_argument(
+        "--exit-after", type=int, default=None, metavar="N", help="exit after printing N events"
+    )
+    faults.add_argument(
+        "--exit-status",
+        type=int,
+        default=0,
+        metavar="STATUS",
+        help="status for --exit-after and --fail-at-start (default 0)",
+    )
+    faults.add_argument(
+        "--fail-at-start",
+        action="store_true",
+        help="print an error and exit at once with --exit-status (or 1)",
+    )
+    faults.add_argument(
+        "--hang", action="store_true", help="at the end of the file, wait (silently) until killed"
+    )
+    return parser
+
+
+def scopes_of(args: argparse.Namespace) -> list[str]:
+    scopes = list(args.scope)
+    scopes += ["self"] if args.self_scope else []
+    scopes += [f"team:{t}" for t in args.team] + [f"repo:{r}" for r in args.repo]
+    scopes += [f"thread:{t}" for t in args.thread] + [f"user:{u}" for u in args.user]
+    return scopes
+
+
+def wanted(obj: object, scopes: set[str], kinds: set[str], after: int | None) -> bool | None:
+    """True/False for an event; None for a line that is not an event (passed through)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("id"), int):
+        return None
+    if after is not None and obj["id"] <= after:
+        return False
+    if kinds and obj.get("kind") not in kinds:
+        return False
+    event_scopes = obj.get("scopes") or []
+    return any(cover in scopes for scope in event_scopes for cover in covering(str(scope)))
+
+
+def lines(path: Path, follow: bool) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        partial = b""
+        while True:
+            line = handle.readline()
+            if line.endswith(b"\n"):
+                yield partial + line
+                partial = b""
+            elif line:
+                partial += line
+            elif not follow:
+                if partial:
+                    yield partial + b"\n"
+                return
+            else:
+                time.sleep(POLL)
+
+
+def replay(args: argparse.Namespace, out: IO[bytes], err: IO[str]) -> int:
+    if args.fail_at_start:
+        print("error: cannot connect to the ghit server (injected failure)", file=err)
+        return int(args.exit_status or 1)
+    scopes = set(scopes_of(args))
+    if not scopes:
+        print(
+            "error: the server requires at least one scope (--scope, --team, --repo, ...)", file=err
+        )
+        return 2
+    kinds = set(args.kind)
+    try:
+        source = lines(args.file, args.follow)
+        printed = 0
+        for line in source:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                obj = None
+            verdict = wanted(obj, scopes, kinds, args.last_event_id)
+            if verdict is False:
+                continue
+            if args.delay:
+                time.sleep(args.delay)
+            if verdict and args.pretty:
+                out.write(json.dumps(obj, indent=2).encode() + b"\n")
+            else:
+                out.write(line)
+            if args.follow or args.delay or args.exit_after is not None:
+                out.flush()
+            if verdict:
+                printed += 1
+                if args.exit_after is not None and printed >= args.exit_after:
+                    out.flush()
+                    print(f"error: stream closed after {printed} events (injected)", file=err)
+                    return int(args.exit_status)
+        out.flush()
+    except FileNotFoundError:
+        print(f"error: {args.file}: no such file", file=err)
+        return 1
+    except BrokenPipeError:
+        return 0
+    if args.hang:
+        while True:
+            time.sleep(3600)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return replay(args, sys.stdout.buffer, sys.stderr)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,241 @@
+"""The one shared tail-events subprocess, read as a stream of events, restarted with backoff.
+
+Supervision: when tail-events exits or cannot start it is restarted from the last event id
+seen, after a growing, capped, jittered delay. The stream counts as healthy again once a run
+delivers an event or stays up for HEALTHY_AFTER seconds; if it is not healthy again within the
+`retry` window since it first failed, `run()` returns GAVE_UP (exit status 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from ghitwork.config import AgentConfig, subscription_union
+from ghitwork.events import MAX_OBJECT_BYTES, Decoder, Event, Malformed, excerpt
+from ghitwork.state import (
+    EventSkipped,
+    Level,
+    Notice,
+    SourceExited,
+    SourceRetry,
+    SourceStarted,
+    StateBus,
+)
+
+FIRST_DELAY = 0.5
+MAX_DELAY = 30.0
+HEALTHY_AFTER = 10.0
+KILL_GRACE = 5.0
+CHUNK = 256 * 1024
+
+
+class Outcome(enum.Enum):
+    DRAINED = "drained"  # exited 0 under --drain
+    GAVE_UP = "gave up"  # the retry window ran out
+    STOPPED = "stopped"  # stop() was called
+
+
+def tail_command(
+    tail_cmd: Sequence[str], agents: Sequence[AgentConfig], cursor: int | None
+) -> list[str]:
+    """tail_cmd + --scope/--kind for the union of the enabled agents, + --last-event-id."""
+    scopes, kinds = subscription_union(tuple(agents))
+    argv = list(tail_cmd)
+    for scope in scopes:
+        argv += ["--scope", scope]
+    for kind in kinds:
+        argv += ["--kind", kind]
+    if cursor is not None:
+        argv += ["--last-event-id", str(cursor)]
+    return argv
+
+
+def backoff(attempt: int, rng: random.Random) -> float:
+    """0.5s, 1s, 2s, ... capped at MAX_DELAY, each within ±20% so restarts do not align."""
+    base = min(MAX_DELAY, FIRST_DELAY * 2**attempt)
+    return float(base * rng.uniform(0.8, 1.2))
+
+
+class TailSource:
+    def __init__(
+        self,
+        *,
+        argv: Callable[[int | None], list[str]],
+        cwd: Path,
+        env: Mapping[str, str],
+        bus: StateBus,
+        emit: Callable[[Event], None],
+        drain: bool,
+        window: Callable[[], float],
+        cursor: int | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.argv = argv
+        self.cwd = cwd
+        self.env = dict(env)
+        self.bus = bus
+        self.emit = emit
+        self.drain = drain
+        self.window = window
+        self.cursor = cursor
+        self.rng = rng or random.Random()
+        self.events_seen = 0
+        self.duplicates = 0
+        self._process: asyncio.subprocess.Process | None = None
+        self._stopped = False
+        self._restart = False
+        self._wakeup = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop reading: terminate tail-events and do not restart it."""
+        self._stopped = True
+        self._wakeup.set()
+        self._terminate()
+
+    def restart(self) -> None:
+        """Restart now from the cursor (the subscription changed), without backoff."""
+        self._restart = True
+        self._wakeup.set()
+        self._terminate()
+
+    def _terminate(self) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        _killpg(process.pid, signal.SIGTERM)
+        asyncio.get_running_loop().call_later(KILL_GRACE, _killpg_if_alive, process, signal.SIGKILL)
+
+    async def run(self) -> Outcome:
+        failing_since: float | None = None
+        attempt = 0
+        while not self._stopped:
+            self._wakeup.clear()
+            began = time.monotonic()
+            seen_before = self.events_seen
+            status, reason = await self._run_once()
+            if self._stopped:
+                return Outcome.STOPPED
+            if self._restart:
+                self._restart = False
+                continue
+            if self.drain and status == 0:
+                return Outcome.DRAINED
+            now = time.monotonic()
+            if self.events_seen > seen_before or now - began >= HEALTHY_AFTER:
+                failing_since, attempt = None, 0
+            if failing_since is None:
+                failing_since = now
+            used, window = now - failing_since, self.window()
+            if used >= window:
+                return Outcome.GAVE_UP
+            delay = min(backoff(attempt, self.rng), window - used)
+            attempt += 1
+            self.bus.publish(SourceRetry(delay=delay, used=used, window=window, reason=reason))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), delay)
+            if self._restart:
+                self._restart = False
+        return Outcome.STOPPED
+
+    async def _run_once(self) -> tuple[int | None, str]:
+        argv = self.argv(self.cursor)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=self.cwd,
+                env=self.env,
+                start_new_session=True,
+            )
+        except OSError as error:
+            reason = f"cannot start {argv[0]}: {error.strerror or error}"
+            self.bus.publish(SourceExited(status=None, reason=reason))
+            return None, reason
+        self._process = process
+        self.bus.publish(SourceStarted(pid=process.pid, argv=tuple(argv), cursor=self.cursor))
+        if self._stopped or self._restart:
+            self._terminate()
+        assert process.stdout is not None and process.stderr is not None
+        last_error: list[str] = []
+        errors = asyncio.ensure_future(self._read_stderr(process.stderr, last_error))
+        await self._read_stdout(process.stdout)
+        status = await process.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(errors, 1.0)
+        errors.cancel()
+        self._process = None
+        reason = last_error[0] if last_error else "no message on stderr"
+        self.bus.publish(SourceExited(status=status, reason=reason))
+        return status, f"exit status {status}: {reason}"
+
+    async def _read_stdout(self, stdout: asyncio.StreamReader) -> None:
+        decoder = Decoder()
+        rest = b""
+        skipping = False  # inside an over-long line: drop bytes until its newline
+        while True:
+            data = await stdout.read(CHUNK)
+            if not data:
+                break
+            lines = (rest + data).split(b"\n")
+            rest = lines.pop()
+            if skipping and lines:
+                lines.pop(0)
+                skipping = False
+            for line in lines:
+                for item in decoder.feed(line):
+                    self._deliver(item)
+            if len(rest) > MAX_OBJECT_BYTES:
+                if not skipping:
+                    self._deliver(
+                        Malformed(f"line longer than {MAX_OBJECT_BYTES} bytes", excerpt(rest))
+                    )
+                skipping, rest = True, b""
+        if rest and not skipping:
+            for item in decoder.feed(rest):
+                self._deliver(item)
+        for item in decoder.close():
+            self._deliver(item)
+
+    def _deliver(self, item: Event | Malformed) -> None:
+        if isinstance(item, Malformed):
+            self.bus.publish(EventSkipped(malformed=item))
+            return
+        if self.cursor is not None and item.id <= self.cursor:
+            self.duplicates += 1
+            return
+        self.cursor = item.id
+        self.events_seen += 1
+        self.emit(item)
+
+    async def _read_stderr(self, stderr: asyncio.StreamReader, last: list[str]) -> None:
+        while True:
+            try:
+                line = await stderr.readline()
+            except ValueError:  # a line over the stream limit; the rest of it follows
+                continue
+            if not line:
+                return
+            text = line.decode("utf-8", "replace").strip()
+            if text:
+                last[:] = [text[:500]]
+                self.bus.publish(Notice(level=Level.WARNING, topic="tail-events", message=text))
+
+
+def _killpg(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _killpg_if_alive(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    if process.returncode is None:
+        _killpg(process.pid, sig)

@@ -1,0 +1,131 @@
+"""The state changes of a running ghit-work, carried by one subject.
+
+The stderr status lines and the TUI are both subscribers of `StateBus.changes`; neither reaches
+into the pipeline. Everything is published from the asyncio loop's thread, the one owner.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from reactivex.subject import Subject
+
+from ghitwork.events import Event, Malformed
+from ghitwork.runner import RunResult
+
+
+class AgentState(StrEnum):
+    IDLE = "idle"
+    QUEUED = "queued"  # has events, waiting for a slot under `limit`
+    WORKING = "working"  # an invocation is running
+    THROTTLED = "throttled"  # over its run budget, events keep batching
+    FAILING = "failing"  # cannot start (the template failed); waits for a reload
+    DISABLED = "disabled"  # enabled = false, or removed from the config
+
+
+class Level(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    at: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentChanged(Change):
+    """An agent moved between states other than through a run (queued, throttled, ...)."""
+
+    agent: str
+    old: AgentState
+    new: AgentState
+    queue: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunStarted(Change):
+    agent: str
+    old: AgentState
+    event_ids: tuple[int, ...]
+    pid: int | None
+    resumed: bool
+    redelivered: bool
+    session_id: str | None
+    queue: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFinished(Change):
+    agent: str
+    result: RunResult
+    new: AgentState
+    queue: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventRouted(Change):
+    """An event read from the stream, and the agents it went to (maybe none)."""
+
+    event: Event
+    agents: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventSkipped(Change):
+    """Malformed output from tail-events, reported and skipped."""
+
+    malformed: Malformed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceStarted(Change):
+    pid: int
+    argv: tuple[str, ...]
+    cursor: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceExited(Change):
+    status: int | None  # None: it could not start at all
+    reason: str  # last stderr line, or why it could not start
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceRetry(Change):
+    delay: float
+    used: float  # seconds of the retry window used so far
+    window: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notice(Change):
+    """Anything else worth a status line: reloads, stderr of tail-events, agent output."""
+
+    level: Level
+    topic: str  # "reload", "tail-events", "agent", "stop", ...
+    message: str
+    agent: str | None = None
+
+
+class StateBus:
+    """The one subject every state change goes through."""
+
+    def __init__(self) -> None:
+        self.changes: Subject[Change] = Subject()
+
+    def publish(self, change: Change) -> None:
+        self.changes.on_next(change)
+
+    def notice(self, level: Level, topic: str, message: str, agent: str | None = None) -> None:
+        self.publish(Notice(level=level, topic=topic, message=message, agent=agent))

@@ -1,0 +1,269 @@
+"""Status lines: one compact, greppable line per state change (text or JSON).
+
+A subscriber of the state bus. `describe` turns a change into a `Line`; `StatusWriter` prints
+the lines at or above the chosen level, with the ghit token redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from ghitwork.durations import format_duration
+from ghitwork.state import (
+    AgentChanged,
+    AgentState,
+    Change,
+    EventRouted,
+    EventSkipped,
+    Level,
+    Notice,
+    RunFinished,
+    RunStarted,
+    SourceExited,
+    SourceRetry,
+    SourceStarted,
+)
+
+LEVELS = {Level.DEBUG: 10, Level.INFO: 20, Level.WARNING: 30, Level.ERROR: 40}
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    level: Level
+    event: str  # a stable name for log shippers: agent.state, run.start, source.retry, ...
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def id_ranges(ids: Sequence[int], most: int = 8) -> str:
+    """1,2,3,7,9,10 -> "1-3,7,9-10"; long lists are cut with "… (N in all)"."""
+    parts: list[str] = []
+    start = prev = None
+    for ident in ids:
+        if prev is not None and ident == prev + 1:
+            prev = ident
+            continue
+        if start is not None:
+            parts.append(f"{start}-{prev}" if prev != start else f"{start}")
+        start = prev = ident
+    if start is not None:
+        parts.append(f"{start}-{prev}" if prev != start else f"{start}")
+    if len(parts) > most:
+        return ",".join(parts[:most]) + f",… ({len(ids)} in all)"
+    return ",".join(parts)
+
+
+def _events(count: int) -> str:
+    return f"{count} event" + ("" if count == 1 else "s")
+
+
+def describe(change: Change) -> Line | None:
+    if isinstance(change, RunStarted):
+        extra = []
+        if change.resumed:
+            extra.append(f"resuming session {change.session_id}")
+        if change.redelivered:
+            extra.append("redelivered")
+        tail = f"; {', '.join(extra)}" if extra else ""
+        return Line(
+            Level.INFO,
+            "agent.state",
+            f"agent {change.agent}: {change.old} -> working, batch of "
+            f"{_events(len(change.event_ids))} [{id_ranges(change.event_ids)}]{tail}",
+            {
+                "agent": change.agent,
+                "from": str(change.old),
+                "to": "working",
+                "batch": len(change.event_ids),
+                "event_ids": list(change.event_ids),
+                "resumed": change.resumed,
+                "redelivered": change.redelivered,
+                "session_id": change.session_id,
+            },
+        )
+    if isinstance(change, RunFinished):
+        result = change.result
+        outcome = result.describe()
+        level = Level.INFO if result.ok else Level.WARNING
+        message = (
+            f"agent {change.agent}: working -> {change.new}, {outcome} after "
+            f"{format_duration(result.duration)} [{id_ranges(result.event_ids)}]"
+        )
+        if result.stopped:
+            message += "; stopped, its events will be delivered again"
+        elif not result.ok and result.last_stderr:
+            message += f"; stderr: {result.last_stderr}"
+        if change.queue:
+            message += f"; {_events(change.queue)} waiting"
+        if result.log_files:
+            message += f"; logs {result.log_files[0].rsplit('.', 1)[0]}.*"
+        return Line(
+            level,
+            "agent.state",
+            message,
+            {
+                "agent": change.agent,
+                "from": "working",
+                "to": str(change.new),
+                "exit_status": result.returncode,
+                "signal": result.signal,
+                "error": result.error,
+                "timed_out": result.timed_out,
+                "stopped": result.stopped,
+                "duration": round(result.duration, 3),
+                "event_ids": list(result.event_ids),
+                "session_id": result.session_id,
+                "queue": change.queue,
+                "log_files": list(result.log_files),
+            },
+        )
+    if isinstance(change, AgentChanged):
+        level = {AgentState.FAILING: Level.ERROR, AgentState.THROTTLED: Level.WARNING}.get(
+            change.new, Level.INFO
+        )
+        message = f"agent {change.agent}: {change.old} -> {change.new}"
+        if change.queue:
+            message += f", {_events(change.queue)} waiting"
+        if change.reason:
+            message += f"; {change.reason}"
+        return Line(
+            level,
+            "agent.state",
+            message,
+            {
+                "agent": change.agent,
+                "from": str(change.old),
+                "to": str(change.new),
+                "queue": change.queue,
+                "reason": change.reason,
+            },
+        )
+    if isinstance(change, EventRouted):
+        event = change.event
+        who = ", ".join(change.agents) if change.agents else "no agent"
+        by = f" by {event.actor}" if event.actor else ""
+        return Line(
+            Level.DEBUG,
+            "event.routed",
+            f"event {event.id} {event.kind}{by} in {' '.join(event.scopes)} -> {who}",
+            {
+                "event_id": event.id,
+                "kind": event.kind,
+                "actor": event.actor,
+                "scopes": list(event.scopes),
+                "agents": list(change.agents),
+            },
+        )
+    if isinstance(change, EventSkipped):
+        bad = change.malformed
+        return Line(
+            Level.WARNING,
+            "event.malformed",
+            f"tail-events: malformed input skipped ({bad.reason}): {bad.excerpt}",
+            {"reason": bad.reason, "excerpt": bad.excerpt},
+        )
+    if isinstance(change, SourceStarted):
+        resume = f" from event {change.cursor}" if change.cursor is not None else ""
+        return Line(
+            Level.INFO,
+            "source.start",
+            f"tail-events: started (pid {change.pid}){resume}: {shlex.join(change.argv)}",
+            {"pid": change.pid, "argv": list(change.argv), "cursor": change.cursor},
+        )
+    if isinstance(change, SourceExited):
+        if change.status is None:
+            message = f"tail-events: {change.reason}"
+        else:
+            message = f"tail-events: exited with status {change.status} ({change.reason})"
+        return Line(
+            Level.WARNING if change.status != 0 else Level.INFO,
+            "source.exit",
+            message,
+            {"status": change.status, "reason": change.reason},
+        )
+    if isinstance(change, SourceRetry):
+        return Line(
+            Level.WARNING,
+            "source.retry",
+            f"tail-events: retry in {format_duration(change.delay)} "
+            f"({format_duration(change.used)} of the {format_duration(change.window)} "
+            f"retry window used) after {change.reason}",
+            {
+                "delay": round(change.delay, 3),
+                "used": round(change.used, 3),
+                "window": change.window,
+                "reason": change.reason,
+            },
+        )
+    if isinstance(change, Notice):
+        if change.topic.startswith("agent.") and change.agent:
+            return Line(
+                change.level,
+                "agent.output",
+                f"agent {change.agent}| {change.message}",
+                {"agent": change.agent, "stream": change.topic[6:]},
+            )
+        prefix = f"agent {change.agent}: " if change.agent else f"{change.topic}: "
+        fields: dict[str, Any] = {"topic": change.topic}
+        if change.agent:
+            fields["agent"] = change.agent
+        return Line(change.level, change.topic, prefix + change.message, fields)
+    return None
+
+
+def timestamp(moment: float) -> str:
+    return (
+        datetime.fromtimestamp(moment, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+class StatusWriter:
+    """Prints status lines to `stream`; a subscriber of the state bus."""
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        level: Level = Level.INFO,
+        json_format: bool = False,
+        secrets: Iterable[str] = (),
+    ) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.threshold = LEVELS[level]
+        self.json = json_format
+        self.secrets = [s for s in secrets if len(s) >= 4]
+
+    def enabled(self, level: Level) -> bool:
+        return LEVELS[level] >= self.threshold
+
+    def __call__(self, change: Change) -> None:
+        if isinstance(change, EventRouted) and self.threshold > LEVELS[Level.DEBUG]:
+            return  # the per-event path stays cheap unless debugging
+        line = describe(change)
+        if line is None or not self.enabled(line.level):
+            return
+        self.stream.write(self.format(change.at, line) + "\n")
+        self.stream.flush()
+
+    def format(self, moment: float, line: Line) -> str:
+        if self.json:
+            record = {
+                "time": timestamp(moment),
+                "level": str(line.level),
+                "event": line.event,
+                **line.fields,
+                "message": line.message,
+            }
+            text = json.dumps(record, ensure_ascii=False, default=str)
+        else:
+            text = f"{timestamp(moment)} {line.level.upper():<7} {line.message}"
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text

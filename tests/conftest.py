@@ -1,0 +1,148 @@
+"""Shared helpers: the real commands, config files in temp dirs, polling with a deadline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+BIN = Path(sys.executable).parent
+GHIT_WORK = str(BIN / "ghit-work")
+REPLAY = str(BIN / "ghit-work-replay")
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def poll(check: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
+    """Return check()'s first truthy value; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def ghit_work(
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GHIT_WORK, *args], cwd=cwd, env=dict(env or os.environ), capture_output=True,
+        text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+def event(
+    ident: int,
+    kind: str = "reply-created",
+    actor: str | None = "alice",
+    scopes: Iterable[str] = ("thread:teams/ghit/ghit/39",),
+    title: str = "Add rate limiting",
+) -> dict[str, Any]:
+    return {
+        "id": ident,
+        "kind": kind,
+        "actor_user_uuid": None if actor is None else f"uuid-{actor}",
+        "actor_user_username": actor,
+        "scopes": list(scopes),
+        "summary": {
+            "thread_title": title,
+            "web_url": f"https://ghit.example/teams/ghit/ghit/threads/{ident}",
+            "api_url": f"https://ghit.example/api/v1/teams/ghit/repos/ghit/threads/{ident}",
+        },
+        "created_at": "2026-03-19T12:00:00Z",
+    }
+
+
+def write_events(path: Path, events: Iterable[dict[str, Any] | str]) -> Path:
+    with path.open("a") as handle:
+        for item in events:
+            handle.write((item if isinstance(item, str) else json.dumps(item)) + "\n")
+    return path
+
+
+def toml_list(items: Iterable[str]) -> str:
+    return "[" + ", ".join(json.dumps(item) for item in items) + "]"
+
+
+AGENT_SCRIPT = """\
+import json, os, sys, time
+prompt = sys.stdin.read()
+name = os.environ["GHIT_WORK_AGENT"]
+record = {"agent": name, "prompt": prompt, "argv": sys.argv[1:], "cwd": os.getcwd(),
+          "env_token": os.environ.get("GHIT_API_TOKEN"), "env_url": os.environ.get("GHIT_API_URL"),
+          "extra": os.environ.get("EXTRA"), "start": time.time()}
+with open(os.environ["RECORD"], "a") as f:
+    f.write(json.dumps(record) + "\\n")
+time.sleep(float(os.environ.get("SLEEP", "0")))
+print(os.environ.get("SAY", "done"))
+sys.exit(int(os.environ.get("EXIT", "0")))
+"""
+
+
+class Setup:
+    """A temp dir with a config, an events file, and a recording fake agent."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.events = path / "events.jsonl"
+        self.events.touch()
+        self.records = path / "records.jsonl"
+        self.agent_py = path / "agent.py"
+        self.agent_py.write_text(AGENT_SCRIPT)
+        self.config = path / "ghit-work.toml"
+
+    def agent_cmd(self) -> list[str]:
+        return [sys.executable, str(self.agent_py)]
+
+    def write_config(
+        self,
+        agents: Mapping[str, Mapping[str, Any]],
+        tail: Iterable[str] = (),
+        prompt: str = "{% for e in events %}{{ e.id }} {% endfor %}",
+        **top: Any,
+    ) -> Path:
+        lines = ["[ghit-work]",
+                 f"tail_cmd = {toml_list([REPLAY, str(self.events), *tail])}",
+                 f"agent_prompt = {json.dumps(prompt)}"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in top.items()]
+        for name, settings in agents.items():
+            lines.append(f"[agents.{name}]")
+            values = {"cmd": self.agent_cmd(), "username": name,
+                      "event_scopes": ["team:ghit"], "event_kinds": ["reply-created"],
+                      "env": {"RECORD": str(self.records)}}
+            values.update(settings)
+            for key, value in values.items():
+                if isinstance(value, dict):
+                    pairs = ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items())
+                    lines.append(f"{key} = {{ {pairs} }}")
+                else:
+                    lines.append(f"{key} = {json.dumps(value)}")
+        self.config.write_text("\n".join(lines) + "\n")
+        return self.config
+
+    def runs(self) -> list[dict[str, Any]]:
+        if not self.records.exists():
+            return []
+        return [json.loads(line) for line in self.records.read_text().splitlines() if line]
+
+    def delivered(self, agent: str) -> list[int]:
+        ids: list[int] = []
+        for run in self.runs():
+            if run["agent"] == agent:
+                ids += [int(word) for word in run["prompt"].split()]
+        return ids
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    return Setup(tmp_path)

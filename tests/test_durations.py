@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+
+from ghitwork.durations import Budget, DurationError, format_duration, parse_budget, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("5m", 300), ("1h30m", 5400), ("2d", 172800), ("250ms", 0.25), ("45", 45),
+     (45, 45), (1.5, 1.5), ("0", 0), (" 5m ", 300), ("1h1m1s", 3661)],
+)
+def test_durations_parse_to_seconds(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5 minutes", "", "m5", "5x", "-5", True, [], "1h 30m", "5m5"])
+def test_bad_durations_name_the_value_and_suggest_a_form(text: object) -> None:
+    with pytest.raises(DurationError, match="duration|negative"):
+        parse_duration(text)
+
+
+def test_the_message_for_a_prose_duration_suggests_the_short_form() -> None:
+    with pytest.raises(DurationError) as caught:
+        parse_duration("5 minutes")
+    assert str(caught.value) == '"5 minutes" is not a duration (try "5m")'
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.25, "0.25s"), (42, "42s"), (300, "5m"), (5400, "1h30m"), (90061, "1d1h1m1s")]
+)
+def test_durations_format_compactly(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_budgets_parse_count_and_window() -> None:
+    assert parse_budget("20/1h") == Budget(20, 3600)
+    assert str(parse_budget("3/90s")) == "3/1m30s"
+
+
+@pytest.mark.parametrize("text", ["20 per hour", "0/1h", "x/1h", "5/", "5/0s", "5/soon", 5])
+def test_bad_budgets_are_rejected(text: object) -> None:
+    with pytest.raises(DurationError):
+        parse_budget(text)
