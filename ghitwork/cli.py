@@ -50,25 +50,34 @@ def _limit(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    config_help = f"config file (default: ./{DEFAULT_CONFIG})"
-    parser = _Parser(
-        prog=PROG,
-        description="Wake coding agents up for the ghit events they subscribed to.",
+def _options(parser: argparse.ArgumentParser, command: str | None) -> None:
+    """The options; subcommands take them too (`ghit-work check -c X --limit 2`)."""
+    default = argparse.SUPPRESS if command else None
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=default or Path(DEFAULT_CONFIG),
+        help=f"config file (default: ./{DEFAULT_CONFIG})",
     )
-    parser.add_argument("-c", "--config", type=Path, default=Path(DEFAULT_CONFIG), help=config_help)
+    if command == "init":
+        return
     parser.add_argument(
         "--retry",
         type=_duration,
         metavar="DURATION",
+        default=default,
         help="retry window for tail-events restarts (overrides the file)",
     )
     parser.add_argument(
         "--limit",
         type=_limit,
         metavar="N",
+        default=default,
         help="most agents working at once, 0 for no cap (overrides the file)",
     )
+    if command == "check":
+        return
     parser.add_argument("--tui", action="store_true", help="open the terminal dashboard")
     parser.add_argument(
         "--drain",
@@ -89,13 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="status lines as text or one JSON object each (default: text)",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Wake coding agents up for the ghit events they subscribed to.",
+    )
+    _options(parser, None)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, text in (
         ("init", "write a commented example config (and its prompt template)"),
         ("check", "validate the config, print the agents and the tail-events command"),
     ):
-        sub = commands.add_parser(name, help=text, description=text)
-        sub.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, help=config_help)
+        _options(commands.add_parser(name, help=text, description=text), name)
     return parser
 
 

@@ -11,16 +11,27 @@ its slot; a failed run is a RunResult value, never an Rx error.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from reactivex import GroupedObservable, Observable
 from reactivex import operators as ops
 
-from ghitwork.dispatch import Dispatcher
 from ghitwork.events import Event
-from ghitwork.routing import Pair, Slots, batch_while_busy, fan_out
+from ghitwork.routing import Mailbox, Pair, Slots, batch_while_busy, fan_out
 from ghitwork.runner import RunResult
 
 
-def dispatch(events: Observable[Event], agents: Dispatcher, slots: Slots) -> Observable[RunResult]:
+class Agents(Protocol):
+    """What the flow needs of the agents' side (dispatch.Dispatcher, or a fake in tests)."""
+
+    def route(self, event: Event) -> tuple[str, ...]: ...
+
+    def routed(self, event: Event, names: tuple[str, ...]) -> None: ...
+
+    def mailbox(self, name: str) -> Mailbox: ...
+
+
+def dispatch(events: Observable[Event], agents: Agents, slots: Slots) -> Observable[RunResult]:
     def per_agent(group: GroupedObservable[str, Pair]) -> Observable[Observable[RunResult]]:
         return group.pipe(batch_while_busy(agents.mailbox(group.key)))
 

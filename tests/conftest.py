@@ -36,8 +36,13 @@ def ghit_work(
     *args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [GHIT_WORK, *args], cwd=cwd, env=dict(env or os.environ), capture_output=True,
-        text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        [GHIT_WORK, *args],
+        cwd=cwd,
+        env=dict(env or os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -111,15 +116,21 @@ class Setup:
         prompt: str = "{% for e in events %}{{ e.id }} {% endfor %}",
         **top: Any,
     ) -> Path:
-        lines = ["[ghit-work]",
-                 f"tail_cmd = {toml_list([REPLAY, str(self.events), *tail])}",
-                 f"agent_prompt = {json.dumps(prompt)}"]
+        lines = [
+            "[ghit-work]",
+            f"tail_cmd = {toml_list([REPLAY, str(self.events), *tail])}",
+            f"agent_prompt = {json.dumps(prompt)}",
+        ]
         lines += [f"{key} = {json.dumps(value)}" for key, value in top.items()]
         for name, settings in agents.items():
             lines.append(f"[agents.{name}]")
-            values = {"cmd": self.agent_cmd(), "username": name,
-                      "event_scopes": ["team:ghit"], "event_kinds": ["reply-created"],
-                      "env": {"RECORD": str(self.records)}}
+            values = {
+                "cmd": self.agent_cmd(),
+                "username": name,
+                "event_scopes": ["team:ghit"],
+                "event_kinds": ["reply-created"],
+                "env": {"RECORD": str(self.records)},
+            }
             values.update(settings)
             for key, value in values.items():
                 if isinstance(value, dict):

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import ghit_work
+
 from ghitwork.config import ConfigError, load_config
 from ghitwork.durations import Budget
 
@@ -46,7 +46,9 @@ def test_every_key_has_its_documented_default(tmp_path: Path) -> None:
 def test_relative_paths_resolve_from_the_config_directory(tmp_path: Path) -> None:
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "p.j2").write_text("{{ agent.name }}")
-    text = MINIMAL.replace('username = "codex"', 'username = "codex"\nworkdir = "work"\nlogdir = "../logs"')
+    text = MINIMAL.replace(
+        'username = "codex"', 'username = "codex"\nworkdir = "work"\nlogdir = "../logs"'
+    )
     text = '[ghit-work]\nstate_dir = "state"\nagent_prompt_file = "p.j2"\n' + text
     cwd = os.getcwd()
     try:
@@ -126,23 +128,62 @@ def agent_with(line: str) -> str:
 BAD_INPUTS = [
     # (file text, the exact `key: message` part after the file name)
     ("[ghit-work]\nlimit = = 3\n" + AGENT, "invalid TOML: "),
-    ('[ghit-work]\nlimit = "3"\n' + AGENT, 'ghit-work.limit: expected an integer 0 or more, got "3"'),
+    (
+        '[ghit-work]\nlimit = "3"\n' + AGENT,
+        'ghit-work.limit: expected an integer 0 or more, got "3"',
+    ),
     ("[ghit-work]\nlimit = -1\n" + AGENT, "ghit-work.limit: expected an integer 0 or more, got -1"),
-    ('[ghit-work]\nretry = "5 minutes"\n' + AGENT, 'ghit-work.retry: "5 minutes" is not a duration (try "5m")'),
-    ("[ghit-work]\ntail_cmd = []\n" + AGENT, "ghit-work.tail_cmd: expected a non-empty list of strings"),
+    (
+        '[ghit-work]\nretry = "5 minutes"\n' + AGENT,
+        'ghit-work.retry: "5 minutes" is not a duration (try "5m")',
+    ),
+    (
+        "[ghit-work]\ntail_cmd = []\n" + AGENT,
+        "ghit-work.tail_cmd: expected a non-empty list of strings",
+    ),
     ("[ghit-work]\nretyr = 5\n" + AGENT, "ghit-work.retyr: unknown key (did you mean 'retry'?)"),
     ("[ghitwork]\n" + AGENT, "ghitwork: unknown key"),
     ("[ghit-work]\nlimit = 1\n", "agents: no agent defined; add an [agents.NAME] table"),
-    (AGENT.replace('cmd = ["codex", "exec"]', "cmd = []"), "agents.codex.cmd: expected a non-empty list of strings"),
-    (AGENT.replace('cmd = ["codex", "exec"]', 'cmd = "codex"'), "agents.codex.cmd: expected a non-empty list of strings"),
-    (AGENT.replace('cmd = ["codex", "exec"]', 'cmd = ["codex", 3]'), "agents.codex.cmd: expected a non-empty list of strings"),
-    (AGENT.replace('cmd = ["codex", "exec"]\n', ""), "agents.codex.cmd: missing (required for every agent)"),
-    (AGENT.replace('username = "codex"', "username = 7"), "agents.codex.username: expected a non-empty string, got 7"),
-    (AGENT.replace('["repo:teams/ghit/ghit"]', "[]"), "agents.codex.event_scopes: expected a non-empty list of strings"),
-    (AGENT.replace('["reply-created"]', "[]"), "agents.codex.event_kinds: expected a non-empty list of strings"),
-    (AGENT.replace('"repo:teams/ghit/ghit"', '"org:ghit"'), 'agents.codex.event_scopes[0]: "org:ghit" is not a scope'),
-    (AGENT.replace('"repo:teams/ghit/ghit"', '"self"'), 'agents.codex.event_scopes[0]: "self" is resolved by the ghit server'),
-    (agent_with('timeout = "5 minutes"'), 'agents.codex.timeout: "5 minutes" is not a duration (try "5m")'),
+    (
+        AGENT.replace('cmd = ["codex", "exec"]', "cmd = []"),
+        "agents.codex.cmd: expected a non-empty list of strings",
+    ),
+    (
+        AGENT.replace('cmd = ["codex", "exec"]', 'cmd = "codex"'),
+        "agents.codex.cmd: expected a non-empty list of strings",
+    ),
+    (
+        AGENT.replace('cmd = ["codex", "exec"]', 'cmd = ["codex", 3]'),
+        "agents.codex.cmd: expected a non-empty list of strings",
+    ),
+    (
+        AGENT.replace('cmd = ["codex", "exec"]\n', ""),
+        "agents.codex.cmd: missing (required for every agent)",
+    ),
+    (
+        AGENT.replace('username = "codex"', "username = 7"),
+        "agents.codex.username: expected a non-empty string, got 7",
+    ),
+    (
+        AGENT.replace('["repo:teams/ghit/ghit"]', "[]"),
+        "agents.codex.event_scopes: expected a non-empty list of strings",
+    ),
+    (
+        AGENT.replace('["reply-created"]', "[]"),
+        "agents.codex.event_kinds: expected a non-empty list of strings",
+    ),
+    (
+        AGENT.replace('"repo:teams/ghit/ghit"', '"org:ghit"'),
+        'agents.codex.event_scopes[0]: "org:ghit" is not a scope',
+    ),
+    (
+        AGENT.replace('"repo:teams/ghit/ghit"', '"self"'),
+        'agents.codex.event_scopes[0]: "self" is resolved by the ghit server',
+    ),
+    (
+        agent_with('timeout = "5 minutes"'),
+        'agents.codex.timeout: "5 minutes" is not a duration (try "5m")',
+    ),
     (agent_with("timeout = 0"), "agents.codex.timeout: 0 is not longer than zero"),
     (agent_with('enabled = "yes"'), 'agents.codex.enabled: expected true or false, got "yes"'),
     (agent_with('budget = "20 per hour"'), 'agents.codex.budget: "20 per hour" is not a budget'),
@@ -151,14 +192,35 @@ BAD_INPUTS = [
     (agent_with("comand = []"), "agents.codex.comand: unknown key (did you mean 'cmd'?)"),
     (agent_with('agent_prompt = "{% for %}"'), "agents.codex.agent_prompt: line 1: "),
     (agent_with('agent_prompt_file = "missing.j2"'), "agents.codex.agent_prompt_file: "),
-    (agent_with('agent_prompt = "x"\nagent_prompt_file = "p.j2"'), "agents.codex.agent_prompt_file: agent_prompt and agent_prompt_file exclude each other; keep one"),
-    ('[ghit-work]\nagent_prompt = "x"\nagent_prompt_file = "p.j2"\n' + AGENT, "ghit-work.agent_prompt_file: agent_prompt and agent_prompt_file exclude each other; keep one"),
+    (
+        agent_with('agent_prompt = "x"\nagent_prompt_file = "p.j2"'),
+        "agents.codex.agent_prompt_file: agent_prompt and agent_prompt_file exclude each other",
+    ),
+    (
+        '[ghit-work]\nagent_prompt = "x"\nagent_prompt_file = "p.j2"\n' + AGENT,
+        "ghit-work.agent_prompt_file: agent_prompt and agent_prompt_file exclude each other",
+    ),
     ('[ghit-work]\nagent_prompt = "{{ x"\n' + AGENT, "ghit-work.agent_prompt: line 1: "),
-    (agent_with("session_id_pattern = '(unclosed'"), "agents.codex.session_id_pattern: not a valid regular expression: "),
-    (agent_with("session_id_pattern = 'no group'"), "agents.codex.session_id_pattern: needs a group for the session id"),
-    (agent_with('resume_cmd = ["codex", "resume", "{session_id}"]'), "agents.codex.resume_cmd: needs session_id_pattern"),
-    (AGENT.replace("[agents.codex]", '[agents."bad name!"]'), 'agents.bad name!: invalid agent name'),
-    (AGENT + "\n" + AGENT.replace("[agents.codex]", "[agents.Codex]"), "agents.Codex: duplicate agent name (same as agents.codex)"),
+    (
+        agent_with("session_id_pattern = '(unclosed'"),
+        "agents.codex.session_id_pattern: not a valid regular expression: ",
+    ),
+    (
+        agent_with("session_id_pattern = 'no group'"),
+        "agents.codex.session_id_pattern: needs a group for the session id",
+    ),
+    (
+        agent_with('resume_cmd = ["codex", "resume", "{session_id}"]'),
+        "agents.codex.resume_cmd: needs session_id_pattern",
+    ),
+    (
+        AGENT.replace("[agents.codex]", '[agents."bad name!"]'),
+        "agents.bad name!: invalid agent name",
+    ),
+    (
+        AGENT + "\n" + AGENT.replace("[agents.codex]", "[agents.Codex]"),
+        "agents.Codex: duplicate agent name (same as agents.codex)",
+    ),
     (AGENT + "\n" + AGENT, "invalid TOML: "),
     ("[agents]\ncodex = 3\n", "agents.codex: expected a table, got 3"),
 ]
@@ -207,7 +269,7 @@ def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
     result = ghit_work("check", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == (
-        'ghit-work: error: ghit-work.toml: no such file (write an example with '
+        "ghit-work: error: ghit-work.toml: no such file (write an example with "
         '"ghit-work init", or pass -c PATH)\n'
     )
 
@@ -228,5 +290,6 @@ def test_a_directory_is_not_a_config(tmp_path: Path) -> None:
     (tmp_path / "conf").mkdir()
     result = ghit_work("-c", "conf", "check", cwd=tmp_path)
     assert (result.returncode, result.stderr) == (
-        2, "ghit-work: error: conf: is a directory, not a config file\n"
+        2,
+        "ghit-work: error: conf: is a directory, not a config file\n",
     )

@@ -7,8 +7,19 @@ from ghitwork.durations import Budget, DurationError, format_duration, parse_bud
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("5m", 300), ("1h30m", 5400), ("2d", 172800), ("250ms", 0.25), ("45", 45),
-     (45, 45), (1.5, 1.5), ("0", 0), (" 5m ", 300), ("1h1m1s", 3661)],
+    [
+        ("90s", 90),
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("2d", 172800),
+        ("250ms", 0.25),
+        ("45", 45),
+        (45, 45),
+        (1.5, 1.5),
+        ("0", 0),
+        (" 5m ", 300),
+        ("1h1m1s", 3661),
+    ],
 )
 def test_durations_parse_to_seconds(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -16,7 +27,7 @@ def test_durations_parse_to_seconds(text: object, seconds: float) -> None:
 
 @pytest.mark.parametrize("text", ["5 minutes", "", "m5", "5x", "-5", True, [], "1h 30m", "5m5"])
 def test_bad_durations_name_the_value_and_suggest_a_form(text: object) -> None:
-    with pytest.raises(DurationError, match="duration|negative"):
+    with pytest.raises(DurationError, match=r"duration|negative"):
         parse_duration(text)
 
 
@@ -27,7 +38,8 @@ def test_the_message_for_a_prose_duration_suggests_the_short_form() -> None:
 
 
 @pytest.mark.parametrize(
-    ("seconds", "text"), [(0.25, "0.25s"), (42, "42s"), (300, "5m"), (5400, "1h30m"), (90061, "1d1h1m1s")]
+    ("seconds", "text"),
+    [(0.25, "0.25s"), (42, "42s"), (300, "5m"), (5400, "1h30m"), (90061, "1d1h1m1s")],
 )
 def test_durations_format_compactly(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text

@@ -26,8 +26,15 @@ def test_narrow_subscriptions_do_not_cover_broader_scopes() -> None:
 
 
 @pytest.mark.parametrize(
-    "scope", ["team:ghit", "repo:teams/ghit/ghit", "repo:bob/dotfiles", "thread:teams/ghit/ghit/39",
-              "thread:bob/dotfiles/2", "user:codex"],
+    "scope",
+    [
+        "team:ghit",
+        "repo:teams/ghit/ghit",
+        "repo:bob/dotfiles",
+        "thread:teams/ghit/ghit/39",
+        "thread:bob/dotfiles/2",
+        "user:codex",
+    ],
 )
 def test_well_formed_scopes_pass(scope: str) -> None:
     assert scope_problem(scope) is None
@@ -35,9 +42,15 @@ def test_well_formed_scopes_pass(scope: str) -> None:
 
 @pytest.mark.parametrize(
     ("scope", "words"),
-    [("self", "cannot be matched"), ("org:ghit", "not a scope"), ("ghit", "not a scope"),
-     ("thread:teams/ghit/ghit", "not a well-formed thread"), ("repo:ghit", "not a well-formed"),
-     ("team:", "not a well-formed"), ("team:a b", "not a well-formed")],
+    [
+        ("self", "cannot be matched"),
+        ("org:ghit", "not a scope"),
+        ("ghit", "not a scope"),
+        ("thread:teams/ghit/ghit", "not a well-formed thread"),
+        ("repo:ghit", "not a well-formed"),
+        ("team:", "not a well-formed"),
+        ("team:a b", "not a well-formed"),
+    ],
 )
 def test_malformed_scopes_are_explained(scope: str, words: str) -> None:
     problem = scope_problem(scope)

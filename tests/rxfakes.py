@@ -1,0 +1,131 @@
+"""Fakes that run the real pipeline (pipeline.dispatch, dispatch.Agent, routing) in virtual time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import reactivex
+from reactivex import Observable
+from reactivex import operators as ops
+from reactivex.testing import TestScheduler
+from reactivex.testing.reactivetest import ReactiveTest
+
+from ghitwork import pipeline, prompt
+from ghitwork.config import AgentConfig
+from ghitwork.dispatch import Agent
+from ghitwork.events import Event
+from ghitwork.routing import Matcher, Slots
+from ghitwork.runner import RunResult
+from ghitwork.state import Change
+
+
+def agent_config(
+    name: str,
+    scopes: Sequence[str] = ("team:ghit",),
+    kinds: Sequence[str] = ("reply-created",),
+    username: str | None = None,
+    enabled: bool = True,
+) -> AgentConfig:
+    return AgentConfig(
+        name=name,
+        cmd=("true",),
+        username=username or name,
+        event_scopes=tuple(scopes),
+        event_kinds=tuple(kinds),
+        workdir=Path("."),
+        prompt=prompt.DEFAULT,
+        enabled=enabled,
+    )
+
+
+def ev(
+    ident: int,
+    kind: str = "reply-created",
+    scope: str = "thread:teams/ghit/ghit/1",
+    actor: str | None = "alice",
+) -> Event:
+    return Event(ident, kind, actor, (scope,), {"id": ident, "kind": kind})
+
+
+@dataclass
+class Run:
+    agent: str
+    start: float
+    end: float
+    ids: tuple[int, ...]
+
+
+class FakeAgents:
+    """The agents' side of the flow, with runs that take virtual time."""
+
+    def __init__(
+        self,
+        configs: Iterable[AgentConfig],
+        scheduler: TestScheduler,
+        duration: Callable[[str, int], float] = lambda agent, n: 50.0,
+        exit_code: Callable[[str, int], int] = lambda agent, n: 0,
+    ) -> None:
+        configs = list(configs)
+        self.scheduler = scheduler
+        self.matcher = Matcher(configs)
+        self.changes: list[Change] = []
+        self.agents = {c.name: Agent(c, self.launch, self.changes.append) for c in configs}
+        self.duration = duration
+        self.exit_code = exit_code
+        self.runs: list[Run] = []
+        self.results: list[RunResult] = []
+
+    def route(self, event: Event) -> tuple[str, ...]:
+        return self.matcher.match(event)
+
+    def routed(self, event: Event, names: tuple[str, ...]) -> None:
+        pass
+
+    def mailbox(self, name: str) -> Agent:
+        return self.agents[name]
+
+    def launch(self, agent: Agent, batch: list[Event]) -> Observable[RunResult]:
+        start = self.scheduler.clock
+        count = sum(1 for run in self.runs if run.agent == agent.name)
+        duration = self.duration(agent.name, count)
+        run = Run(agent.name, start, start + duration, tuple(e.id for e in batch))
+        self.runs.append(run)
+        result = RunResult(
+            agent=agent.name,
+            event_ids=run.ids,
+            command=("true",),
+            started=start,
+            ended=start + duration,
+            returncode=self.exit_code(agent.name, count),
+        )
+        return reactivex.timer(duration, scheduler=self.scheduler).pipe(ops.map(lambda _: result))
+
+    def delivered(self, agent: str) -> list[int]:
+        return [i for run in self.runs if run.agent == agent for i in run.ids]
+
+    def most_concurrent(self) -> int:
+        edges = sorted([(r.start, 1) for r in self.runs] + [(r.end, -1) for r in self.runs])
+        best = current = 0
+        for _, step in edges:
+            current += step
+            best = max(best, current)
+        return best
+
+
+def run_flow(
+    arrivals: Iterable[tuple[float, Event]],
+    agents: FakeAgents,
+    limit: int = 0,
+    until: float = 100_000,
+    slots: Slots | None = None,
+) -> list[RunResult]:
+    """Feed events at virtual times through pipeline.dispatch; return the results seen."""
+    scheduler = agents.scheduler
+    messages = [ReactiveTest.on_next(int(t), e) for t, e in sorted(arrivals, key=lambda p: p[0])]
+    source = scheduler.create_hot_observable(*messages)
+    flow = pipeline.dispatch(source, agents, slots or Slots(limit))
+    flow.subscribe(agents.results.append, lambda error: agents.results.append(error))  # type: ignore[arg-type]
+    scheduler.advance_to(until)
+    return agents.results

@@ -1,0 +1,172 @@
+"""Routing in virtual time: matching, batching while busy or queued, the limit, order."""
+
+from __future__ import annotations
+
+import itertools
+
+from reactivex.testing import TestScheduler
+from rxfakes import FakeAgents, agent_config, ev, run_flow
+
+from ghitwork.routing import Matcher, Slots
+from ghitwork.state import AgentChanged, AgentState, RunFinished, RunStarted
+
+
+def test_matching_uses_kind_scope_hierarchy_and_never_the_agents_own_events() -> None:
+    matcher = Matcher(
+        [
+            agent_config("team", scopes=["team:ghit"], kinds=["reply-created", "pull-created"]),
+            agent_config("repo", scopes=["repo:teams/ghit/ghit"], kinds=["reply-created"]),
+            agent_config("thread", scopes=["thread:teams/ghit/ghit/39"], kinds=["reply-created"]),
+            agent_config(
+                "mention", scopes=["user:codex"], kinds=["user-mention"], username="codex"
+            ),
+            agent_config("off", scopes=["team:ghit"], kinds=["reply-created"], enabled=False),
+        ]
+    )
+    assert matcher.match(ev(1, scope="thread:teams/ghit/ghit/39")) == ("team", "repo", "thread")
+    assert matcher.match(ev(2, scope="thread:teams/ghit/ghit/40")) == ("team", "repo")
+    assert matcher.match(ev(3, scope="repo:teams/ghit/ghit")) == ("team", "repo")
+    assert matcher.match(ev(4, kind="pull-created", scope="repo:teams/ghit/ghit")) == ("team",)
+    assert matcher.match(ev(5, scope="thread:teams/other/x/1")) == ()
+    assert matcher.match(ev(6, kind="user-mention", scope="user:codex")) == ("mention",)
+    assert matcher.match(ev(7, kind="user-mention", scope="user:codex", actor="codex")) == ()
+    assert matcher.match(ev(8, scope="thread:teams/ghit/ghit/39", actor="repo")) == (
+        "team",
+        "thread",
+    ), "an agent's own event is not delivered to it, but to others"
+    assert matcher.match(ev(9, kind="unknown-kind")) == ()
+
+
+def test_the_first_event_of_every_agent_arrives() -> None:
+    scheduler = TestScheduler()
+    names = [f"a{i}" for i in range(30)]
+    agents = FakeAgents(
+        [agent_config(n, scopes=[f"thread:teams/ghit/ghit/{i}"]) for i, n in enumerate(names)],
+        scheduler,
+    )
+    arrivals = [(10.0, ev(i + 1, scope=f"thread:teams/ghit/ghit/{i}")) for i in range(30)]
+    run_flow(arrivals, agents, limit=3)
+    for i, name in enumerate(names):
+        assert agents.delivered(name) == [i + 1]
+
+
+def test_events_that_arrive_while_working_form_the_next_batch() -> None:
+    scheduler = TestScheduler()
+    agents = FakeAgents([agent_config("a")], scheduler, duration=lambda a, n: 50.0)
+    run_flow([(100, ev(1)), (110, ev(2)), (120, ev(3)), (149, ev(4)), (300, ev(5))], agents)
+    assert [(r.start, r.ids) for r in agents.runs] == [(100, (1,)), (150, (2, 3, 4)), (300, (5,))]
+
+
+def test_events_that_arrive_while_queued_for_a_slot_join_the_batch() -> None:
+    scheduler = TestScheduler()
+    agents = FakeAgents(
+        [
+            agent_config("a", scopes=["repo:teams/ghit/a"]),
+            agent_config("b", scopes=["repo:teams/ghit/b"]),
+        ],
+        scheduler,
+    )
+    arrivals = [
+        (100, ev(1, scope="repo:teams/ghit/a")),
+        (110, ev(2, scope="repo:teams/ghit/b")),
+        (120, ev(3, scope="repo:teams/ghit/b")),
+        (140, ev(4, scope="repo:teams/ghit/b")),
+    ]
+    run_flow(arrivals, agents, limit=1)
+    assert [(r.agent, r.start, r.ids) for r in agents.runs] == [
+        ("a", 100, (1,)),
+        ("b", 150, (2, 3, 4)),
+    ]
+    states = [(c.agent, c.new) for c in agents.changes if isinstance(c, AgentChanged)]
+    assert ("b", AgentState.QUEUED) in states, "waiting for a slot is shown as queued"
+
+
+def test_the_limit_caps_working_agents_and_waiting_agents_start_in_arrival_order() -> None:
+    scheduler = TestScheduler()
+    configs = [agent_config(f"a{i}", scopes=[f"repo:teams/ghit/{i}"]) for i in range(6)]
+    agents = FakeAgents(configs, scheduler, duration=lambda a, n: 30.0)
+    arrivals = [(10 + i, ev(i + 1, scope=f"repo:teams/ghit/{i}")) for i in range(6)]
+    run_flow(arrivals, agents, limit=2)
+    assert agents.most_concurrent() == 2
+    assert [r.agent for r in agents.runs] == [f"a{i}" for i in range(6)]
+    assert [r.start for r in agents.runs] == [10, 11, 40, 41, 70, 71]
+
+
+def test_limit_zero_means_no_cap() -> None:
+    scheduler = TestScheduler()
+    configs = [agent_config(f"a{i}", scopes=[f"repo:teams/ghit/{i}"]) for i in range(8)]
+    agents = FakeAgents(configs, scheduler)
+    run_flow([(10, ev(i + 1, scope=f"repo:teams/ghit/{i}")) for i in range(8)], agents, limit=0)
+    assert agents.most_concurrent() == 8
+
+
+def test_one_event_goes_to_every_agent_that_matches_it() -> None:
+    scheduler = TestScheduler()
+    agents = FakeAgents(
+        [agent_config("a"), agent_config("b"), agent_config("c", scopes=["user:x"])], scheduler
+    )
+    run_flow([(10, ev(1)), (20, ev(2))], agents, limit=1)
+    assert agents.delivered("a") == [1, 2] and agents.delivered("b") == [1, 2]
+    assert agents.delivered("c") == []
+
+
+def test_each_agent_gets_its_events_once_in_id_order_and_never_two_runs_at_once() -> None:
+    scheduler = TestScheduler()
+    agents = FakeAgents(
+        [agent_config("a"), agent_config("b")], scheduler, duration=lambda a, n: 7.0 + (n % 3) * 11
+    )
+    run_flow([(t * 3, ev(t)) for t in range(1, 200)], agents, limit=1)
+    for name in ("a", "b"):
+        assert agents.delivered(name) == list(range(1, 200))
+        own = [r for r in agents.runs if r.agent == name]
+        assert all(x.end <= y.start for x, y in itertools.pairwise(own))
+
+
+def test_a_failing_run_is_a_value_and_the_agent_carries_on() -> None:
+    scheduler = TestScheduler()
+    agents = FakeAgents(
+        [agent_config("a"), agent_config("b")],
+        scheduler,
+        exit_code=lambda a, n: 1 if a == "a" and n == 0 else 0,
+    )
+    results = run_flow([(10, ev(1)), (100, ev(2))], agents)
+    assert [(r.agent, r.returncode) for r in results] == [("a", 1), ("b", 0), ("a", 0), ("b", 0)]
+    finished = [c for c in agents.changes if isinstance(c, RunFinished) and c.agent == "a"]
+    assert [c.new for c in finished] == [AgentState.IDLE, AgentState.IDLE]
+    assert agents.delivered("a") == [1, 2]
+
+
+def test_state_changes_follow_idle_queued_working_idle() -> None:
+    scheduler = TestScheduler()
+    agents = FakeAgents([agent_config("a")], scheduler)
+    run_flow([(10, ev(1))], agents)
+    steps = []
+    for change in agents.changes:
+        if isinstance(change, AgentChanged):
+            steps.append((str(change.old), str(change.new)))
+        elif isinstance(change, RunStarted):
+            steps.append((str(change.old), "working"))
+        elif isinstance(change, RunFinished):
+            steps.append(("working", str(change.new)))
+    assert steps == [("idle", "queued"), ("queued", "working"), ("working", "idle")]
+
+
+def test_many_agents_each_get_exactly_their_events() -> None:
+    scheduler = TestScheduler()
+    configs = [agent_config(f"a{i}", scopes=[f"repo:teams/t/{i % 50}"]) for i in range(200)]
+    agents = FakeAgents(configs, scheduler, duration=lambda a, n: 5.0)
+    arrivals = [(t, ev(t, scope=f"thread:teams/t/{t % 50}/1")) for t in range(1, 500)]
+    run_flow(arrivals, agents, limit=10)
+    for i in range(200):
+        assert agents.delivered(f"a{i}") == [t for t in range(1, 500) if t % 50 == i % 50]
+    assert agents.most_concurrent() <= 10
+
+
+def test_a_raised_limit_starts_waiting_runs_at_once() -> None:
+    scheduler = TestScheduler()
+    configs = [agent_config(f"a{i}", scopes=[f"repo:teams/ghit/{i}"]) for i in range(3)]
+    agents = FakeAgents(configs, scheduler, duration=lambda a, n: 100.0)
+    slots = Slots(1)
+    scheduler.schedule_absolute(20, lambda *_: slots.set_limit(3))
+    run_flow([(10, ev(i + 1, scope=f"repo:teams/ghit/{i}")) for i in range(3)], agents, slots=slots)
+    assert [r.start for r in agents.runs] == [10, 20, 20]
