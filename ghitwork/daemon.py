@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+import shutil
 import signal
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 from reactivex.subject import Subject
 
@@ -24,6 +27,15 @@ class Exit(enum.IntEnum):
     FAILURE = 1
     USAGE = 2
     SOURCE_GAVE_UP = 3
+
+
+def beside_ghit_work(command: str, path: str) -> str:
+    """`command` itself, or the one installed beside ghit-work when PATH does not have it
+    (ghit-work run from a virtualenv that is not activated still finds ghit-work-replay)."""
+    if os.sep in command or shutil.which(command, path=path):
+        return command
+    sibling = Path(sys.executable).parent / command
+    return str(sibling) if sibling.is_file() and os.access(sibling, os.X_OK) else command
 
 
 class Daemon:
@@ -46,7 +58,9 @@ class Daemon:
         self._signals = 0
 
     def _argv(self, cursor: int | None) -> list[str]:
-        return tail_command(self.config.tail_cmd, self.config.agents, cursor)
+        argv = tail_command(self.config.tail_cmd, self.config.agents, cursor)
+        argv[0] = beside_ghit_work(argv[0], self.environ.get("PATH", os.defpath))
+        return argv
 
     async def run(self) -> Exit:
         loop = asyncio.get_running_loop()
@@ -118,6 +132,17 @@ class Daemon:
                 return Exit.OK
             stop_task.cancel()
             if drained.exception() is not None:
+                return Exit.FAILURE
+            left = self.dispatcher.pending_events()
+            if left:
+                who = ", ".join(f"{name} ({len(events)} events)" for name, events in left.items())
+                agents = "1 agent" if len(left) == 1 else f"{len(left)} agents"
+                self.bus.notice(
+                    Level.ERROR,
+                    "drain",
+                    f"{agents} could not be given {'its' if len(left) == 1 else 'their'}"
+                    f" events: {who}; see the errors above",
+                )
                 return Exit.FAILURE
             self.bus.notice(Level.INFO, "drain", "every batch delivered; exiting")
             return Exit.OK

@@ -82,6 +82,8 @@ def test_check_shows_agents_and_the_exact_tail_command() -> None:
     assert argv == [
         "ghit-work-replay",
         "events.jsonl",
+        "--delay",
+        "0.1",
         "--scope",
         "repo:teams/ghit/ghit",
         "--scope",

@@ -5,4 +5,5 @@ if [ "$1" = "--resume" ]; then session="$2"; else session="review-$$"; fi
 echo "session id: $session"
 echo "--- $GHIT_WORK_AGENT got this prompt:"
 cat
+sleep 0.4  # "thinking": events that arrive meanwhile form the next batch
 echo "reviewed." >&2
