@@ -23,5 +23,5 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".[dev]", "nox")
+    session.install("-e", ".[dev]")
     session.run("mypy")
