@@ -17,6 +17,7 @@ from ghitwork import __version__
 from ghitwork.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from ghitwork.daemon import Daemon, Exit
 from ghitwork.durations import DurationError, format_duration, parse_duration
+from ghitwork.reaper import become_init_if_pid1
 from ghitwork.source import tail_command
 from ghitwork.state import Level, StateBus
 from ghitwork.status import StatusWriter
@@ -207,9 +208,17 @@ def check(config: Config, out: TextIO) -> None:
 
 
 def run(config: Config, args: argparse.Namespace, err: TextIO) -> int:
+    reaped = become_init_if_pid1()
+    if reaped is not None:
+        return reaped
     bus = StateBus()
     secrets = [os.environ.get("GHIT_API_TOKEN", "")]
     writer = StatusWriter(err, Level(args.log_level), args.log_format == "json", secrets)
     bus.changes.subscribe(writer)
-    daemon = Daemon(config, bus, drain=args.drain)
+
+    def reload() -> Config:
+        """The same file again; the command line's --retry and --limit keep winning."""
+        return load_config(args.config).with_overrides(args.retry, args.limit)
+
+    daemon = Daemon(config, bus, drain=args.drain, reload=reload)
     return int(asyncio.run(daemon.run()))

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import reactivex
@@ -20,8 +23,8 @@ from reactivex import operators as ops
 
 from ghitwork import prompt
 from ghitwork.config import AgentConfig, Config
-from ghitwork.events import Event
-from ghitwork.routing import Matcher
+from ghitwork.events import Event, to_event
+from ghitwork.routing import Matcher, Pair
 from ghitwork.runner import Invocation, RunResult, agent_environment
 from ghitwork.state import (
     AgentChanged,
@@ -33,8 +36,10 @@ from ghitwork.state import (
     RunFinished,
     RunStarted,
 )
+from ghitwork.store import Saved, SavedAgent
 
 RECENT_RUNS = 20
+RECENT_STARTS = 1000  # run start times kept (for run budgets)
 
 
 class CannotStart(Exception):
@@ -53,8 +58,10 @@ class Agent:
         launch: Launch,
         publish: Callable[[Change], None],
         on_idle: Callable[[], None] = lambda: None,
+        held: Callable[[], bool] = lambda: False,
     ) -> None:
         self.name = config.name
+        self.held = held  # True while a burst is being read: its events form one batch
         self.config = config
         self.pending: list[Event] = []
         self.redelivered: set[int] = set()
@@ -65,12 +72,26 @@ class Agent:
         self.problem = ""  # why the agent is failing, until a reload or a good run
         self.outstanding = False  # a run is requested (queued for a slot) or working
         self.stopping = False
+        self.removed = False  # not in the config any more (kept for its saved events)
+        self.runs: list[float] = []  # start times of recent runs (for run budgets)
         self._launch = launch
         self._publish = publish
         self._on_idle = on_idle
         self._request: Callable[[Observable[RunResult]], None] | None = None
         self._complete: Callable[[], None] | None = None
         self._closing = False
+
+    def reconfigure(self, config: AgentConfig) -> None:
+        """New settings (a reload): they apply from the next batch; a running one finishes."""
+        self.config = config
+        if self.state is AgentState.WORKING:
+            return
+        if not config.enabled:
+            self._set(AgentState.DISABLED)
+        elif self.state in (AgentState.DISABLED, AgentState.FAILING):
+            self.problem = ""
+            self._set(AgentState.IDLE)
+        self.wake()
 
     # -- the Mailbox protocol used by routing.batch_while_busy
     def attach(
@@ -99,7 +120,13 @@ class Agent:
 
     def wake(self) -> bool:
         """Request a run when there is something to do and nothing outstanding."""
-        if self.outstanding or not self.pending or not self.runnable or self._request is None:
+        if (
+            self.outstanding
+            or not self.pending
+            or not self.runnable
+            or self._request is None
+            or self.held()
+        ):
             return False
         self.outstanding = True
         self._set(AgentState.QUEUED)
@@ -125,6 +152,8 @@ class Agent:
             return reactivex.empty()
         old, self.state = self.state, AgentState.WORKING
         self.batch = tuple(batch)
+        self.runs.append(time.time())
+        del self.runs[:-RECENT_STARTS]
         self._publish(
             RunStarted(
                 agent=self.name,
@@ -199,6 +228,7 @@ class Dispatcher:
         self.agents: dict[str, Agent] = {}
         self.running: dict[str, Invocation] = {}
         self.stopping = False
+        self.holding = False
         self._idle_waiters: list[asyncio.Future[None]] = []
         for agent in config.agents:
             self.mailbox(agent.name)
@@ -208,9 +238,23 @@ class Dispatcher:
         if agent is None:
             agent_config = self.config.agent(name)
             assert agent_config is not None, f"no agent {name}"
-            agent = Agent(agent_config, self.launch, self.publish, self._check_idle)
+            agent = Agent(agent_config, self.launch, self.publish, self._check_idle, self._is_held)
             self.agents[name] = agent
         return agent
+
+    def _is_held(self) -> bool:
+        return self.holding
+
+    def hold(self) -> None:
+        """Events routed from now on wait, so that one read from the stream (or the saved
+        events at start) becomes one batch per agent instead of a first event alone."""
+        self.holding = True
+
+    def release(self) -> None:
+        if self.holding:
+            self.holding = False
+            for agent in self.agents.values():
+                agent.wake()
 
     def route(self, event: Event) -> tuple[str, ...]:
         return self.matcher.match(event)
@@ -316,3 +360,122 @@ class Dispatcher:
 
     def pending_events(self) -> dict[str, list[Event]]:
         return {name: list(agent.pending) for name, agent in self.agents.items() if agent.pending}
+
+    # -- durability and reload
+    def restore(self, saved: Saved) -> list[Pair]:
+        """Session ids and redelivery marks from the last run, and the saved events, to be
+        delivered before anything new. Agents no longer in the config keep theirs, disabled."""
+        pairs: list[Pair] = []
+        for name, kept in saved.agents.items():
+            agent = self.agents.get(name) or self._removed_agent(name)
+            agent.session_id = kept.session_id
+            agent.runs.extend(kept.runs)
+            events = [
+                e
+                for e in (to_event(kept.pending[i], b"") for i in sorted(kept.pending))
+                if isinstance(e, Event)
+            ]
+            agent.redelivered.update(kept.inflight & kept.pending.keys())
+            pairs += [(name, event) for event in events]
+            if events:
+                again = len(agent.redelivered)
+                self.publish(
+                    Notice(
+                        level=Level.INFO,
+                        topic="restore",
+                        agent=name,
+                        message=f"{len(events)} saved event(s) to deliver first"
+                        + (
+                            f", {again} of them redelivered (their run did not finish)"
+                            if again
+                            else ""
+                        )
+                        + (
+                            ""
+                            if agent.config.enabled
+                            else "; the agent is not enabled in the config, so they stay saved"
+                        ),
+                    )
+                )
+        return pairs
+
+    def _removed_agent(self, name: str) -> Agent:
+        """An agent known from saved state or a past config, not in the current one."""
+        config = AgentConfig(
+            name=name,
+            cmd=("",),
+            username="",
+            event_scopes=(),
+            event_kinds=(),
+            workdir=Path("."),
+            prompt=prompt.DEFAULT,
+            enabled=False,
+        )
+        agent = Agent(config, self.launch, self.publish, self._check_idle, self._is_held)
+        agent.removed = True
+        self.agents[name] = agent
+        return agent
+
+    def snapshot(self, cursor: int | None) -> Saved:
+        saved = Saved(cursor=cursor)
+        for name, agent in self.agents.items():
+            events = [*agent.batch, *agent.pending]
+            if not events and agent.session_id is None and not agent.runs:
+                continue
+            pending = {event.id: event.data for event in events}
+            inflight = {event.id for event in agent.batch} | agent.redelivered
+            saved.agents[name] = SavedAgent(
+                pending=pending,
+                inflight=inflight & pending.keys(),
+                session_id=agent.session_id,
+                runs=list(agent.runs),
+            )
+        return saved
+
+    def reload(self, config: Config) -> None:
+        """Apply a new config: added agents start receiving, removed or disabled ones finish
+        their run and get nothing more (their events stay saved), changed ones use the new
+        settings from their next batch."""
+        self.config = config
+        self.matcher = Matcher(config.agents)
+        added, changed = [], []
+        for agent_config in config.agents:
+            agent = self.agents.get(agent_config.name)
+            if agent is None:
+                self.mailbox(agent_config.name)
+                added.append(agent_config.name)
+                continue
+            if agent.removed:
+                added.append(agent_config.name)
+            else:
+                changed.append(agent_config.name)
+            agent.removed = False
+            agent.reconfigure(agent_config)
+        names = {agent.name for agent in config.agents}
+        removed = []
+        for name, agent in self.agents.items():
+            if name not in names and not agent.removed:
+                agent.removed = True
+                agent.reconfigure(replace(agent.config, enabled=False))
+                removed.append(name)
+        self.publish(
+            Notice(
+                level=Level.INFO,
+                topic="reload",
+                message=f"config reloaded: {len(config.enabled_agents)} of {len(config.agents)} "
+                f"agents enabled; added: {', '.join(added) or 'none'}; removed: "
+                f"{', '.join(removed) or 'none'}",
+            )
+        )
+        for name, agent in self.agents.items():
+            if agent.pending and not agent.config.enabled:
+                what = "removed" if agent.removed else "disabled"
+                self.publish(
+                    Notice(
+                        level=Level.WARNING,
+                        topic="reload",
+                        agent=name,
+                        message=f"{what}: its {len(agent.pending)} queued event(s) are kept in "
+                        "state_dir and delivered if it comes back",
+                    )
+                )

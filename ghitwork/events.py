@@ -27,6 +27,7 @@ class Event:
     actor: str | None
     scopes: tuple[str, ...]
     data: dict[str, Any]
+    raw: bytes = b""  # the JSON as printed (journaled verbatim); empty when built in code
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ def to_event(obj: object, raw: str | bytes) -> Event | Malformed:
         actor=actor if isinstance(actor, str) else None,
         scopes=tuple(s for s in scopes if isinstance(s, str)) if isinstance(scopes, list) else (),
         data=obj,
+        raw=raw if isinstance(raw, bytes) else raw.encode(),
     )
 
 

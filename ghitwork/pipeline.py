@@ -1,6 +1,7 @@
 """The whole data flow on one screen.
 
-    tail-events stdout ──► events ──► fan_out(match) ──► group_by(agent)
+    tail-events stdout ──► events ──► fan_out(match) ─┐
+    saved events (state_dir, delivered first) ────────┴─► group_by(agent)
         ──► per agent: batch_while_busy (events wait while the agent is queued or working)
         ──► slots.merge() (at most `limit` runs at once, 0 = no cap) ──► run results
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import reactivex
 from reactivex import GroupedObservable, Observable
 from reactivex import operators as ops
 
@@ -31,15 +33,22 @@ class Agents(Protocol):
     def mailbox(self, name: str) -> Mailbox: ...
 
 
-def dispatch(events: Observable[Event], agents: Agents, slots: Slots) -> Observable[RunResult]:
+def dispatch(
+    events: Observable[Event],
+    agents: Agents,
+    slots: Slots,
+    injected: Observable[Pair] | None = None,
+) -> Observable[RunResult]:
+    """`injected`: (agent, event) pairs that skip matching: saved events delivered first."""
+
     def per_agent(group: GroupedObservable[str, Pair]) -> Observable[Observable[RunResult]]:
         return group.pipe(batch_while_busy(agents.mailbox(group.key)))
 
     def agent_of(pair: Pair) -> str:
         return pair[0]
 
-    return events.pipe(
-        fan_out(agents.route, agents.routed),
+    pairs = events.pipe(fan_out(agents.route, agents.routed))
+    return reactivex.merge(injected or reactivex.empty(), pairs).pipe(
         ops.group_by(agent_of),
         ops.flat_map(per_agent),
         slots.merge(),

@@ -77,6 +77,8 @@ class TailSource:
         window: Callable[[], float],
         cursor: int | None = None,
         rng: random.Random | None = None,
+        active: Callable[[], bool] = lambda: True,
+        on_burst: Callable[[], None] = lambda: None,
     ) -> None:
         self.argv = argv
         self.cwd = cwd
@@ -87,6 +89,8 @@ class TailSource:
         self.window = window
         self.cursor = cursor
         self.rng = rng or random.Random()
+        self.active = active
+        self.on_burst = on_burst
         self.events_seen = 0
         self.duplicates = 0
         self._process: asyncio.subprocess.Process | None = None
@@ -118,6 +122,11 @@ class TailSource:
         attempt = 0
         while not self._stopped:
             self._wakeup.clear()
+            if not self.active():
+                # No enabled agent subscribes to anything: nothing to tail until a reload.
+                await self._wakeup.wait()
+                self._restart = False
+                continue
             began = time.monotonic()
             seen_before = self.events_seen
             status, reason = await self._run_once()
@@ -194,6 +203,7 @@ class TailSource:
             for line in lines:
                 for item in decoder.feed(line):
                     self._deliver(item)
+            self.on_burst()
             if len(rest) > MAX_OBJECT_BYTES:
                 if not skipping:
                     self._deliver(
@@ -205,6 +215,7 @@ class TailSource:
                 self._deliver(item)
         for item in decoder.close():
             self._deliver(item)
+        self.on_burst()
 
     def _deliver(self, item: Event | Malformed) -> None:
         if isinstance(item, Malformed):

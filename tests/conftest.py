@@ -89,6 +89,8 @@ record = {"agent": name, "prompt": prompt, "argv": sys.argv[1:], "cwd": os.getcw
 with open(os.environ["RECORD"], "a") as f:
     f.write(json.dumps(record) + "\\n")
 time.sleep(float(os.environ.get("SLEEP", "0")))
+with open(os.environ["RECORD"] + ".end", "a") as f:
+    f.write(json.dumps({"agent": name, "end": time.time()}) + "\\n")
 print(os.environ.get("SAY", "done"))
 sys.exit(int(os.environ.get("EXIT", "0")))
 """
@@ -157,3 +159,49 @@ class Setup:
 @pytest.fixture
 def setup(tmp_path: Path) -> Setup:
     return Setup(tmp_path)
+
+
+class Running:
+    """A `ghit-work` process in the background, its stderr in a file to poll."""
+
+    def __init__(self, cwd: Path, *args: str, env: Mapping[str, str] | None = None) -> None:
+        self.log = cwd / f"ghit-work-{time.monotonic_ns()}.log"
+        with self.log.open("w") as stderr:
+            self.process = subprocess.Popen(
+                [GHIT_WORK, *args],
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=dict(env or os.environ),
+            )
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    @property
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, text: str, timeout: float = 20.0, count: int = 1) -> str:
+        """ghit-work's stderr once `text` appears in it `count` times."""
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = self.process.poll() is not None
+            current = self.text
+            if current.count(text) >= count:
+                return current
+            if exited or time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in ghit-work's stderr:\n{current}")
+            time.sleep(0.02)
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.process.wait(timeout=timeout)

@@ -1,0 +1,275 @@
+"""The durable state dir: a snapshot plus an append-only journal, and a lock.
+
+    state_dir/lock                 flock held by the running ghit-work (its pid inside)
+    state_dir/state.json           snapshot: generation, cursor, per agent pending events,
+                                   in-flight ids, session id, recent run times
+    state_dir/journal-G.jsonl      records since snapshot generation G, one JSON per line
+
+The journal is a write-ahead log in stream order: an event is journaled (with the agents it
+was routed to) before any run can take it, so the cursor, derived from the journal, never
+moves past an event that is not saved. Records are buffered and written in groups: once per
+burst read from tail-events, and at every batch start and end (each with one fsync). The
+snapshot is rewritten (temp file, fsync, rename) when the journal has grown past twice its
+size, at start and at a clean stop; then a new journal generation begins.
+
+Loading tolerates a torn last line (a crash mid-write). Anything else unreadable is reported,
+renamed aside (`*.corrupt-TIMESTAMP`), and never fatal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+VERSION = 1
+MIN_COMPACT_BYTES = 1024 * 1024
+
+
+class StateDirError(Exception):
+    """The state dir cannot be used at all (not writable, or locked by another ghit-work)."""
+
+
+@dataclass
+class SavedAgent:
+    pending: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> event object
+    inflight: set[int] = field(default_factory=set)  # handed to a run that did not finish
+    session_id: str | None = None
+    runs: list[float] = field(default_factory=list)  # start times, for run budgets
+
+
+@dataclass
+class Saved:
+    cursor: int | None = None
+    agents: dict[str, SavedAgent] = field(default_factory=dict)
+
+    def agent(self, name: str) -> SavedAgent:
+        return self.agents.setdefault(name, SavedAgent())
+
+    def apply(self, record: dict[str, Any]) -> None:
+        """Replay one journal record."""
+        if "e" in record:
+            event = record["e"]
+            ident = int(event["id"])
+            self.cursor = ident if self.cursor is None else max(self.cursor, ident)
+            for name in record.get("to", ()):
+                self.agent(name).pending[ident] = event
+        elif "c" in record:
+            ident = int(record["c"])
+            self.cursor = ident if self.cursor is None else max(self.cursor, ident)
+        elif "start" in record:
+            agent = self.agent(record["start"])
+            agent.inflight.update(int(i) for i in record["ids"])
+            if "at" in record:
+                agent.runs.append(float(record["at"]))
+        elif "done" in record:
+            agent = self.agent(record["done"])
+            for ident in record["ids"]:
+                agent.pending.pop(int(ident), None)
+                agent.inflight.discard(int(ident))
+        elif "session" in record:
+            self.agent(record["session"]).session_id = record.get("id")
+
+
+def _snapshot(saved: Saved, generation: int) -> dict[str, Any]:
+    return {
+        "version": VERSION,
+        "generation": generation,
+        "cursor": saved.cursor,
+        "agents": {
+            name: {
+                "pending": [agent.pending[i] for i in sorted(agent.pending)],
+                "inflight": sorted(agent.inflight),
+                "session_id": agent.session_id,
+                "runs": agent.runs,
+            }
+            for name, agent in saved.agents.items()
+            if agent.pending or agent.session_id or agent.runs
+        },
+    }
+
+
+def _from_snapshot(data: Any) -> tuple[Saved, int]:
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        raise ValueError("not a ghit-work state file of version 1")
+    saved = Saved(cursor=data.get("cursor"))
+    for name, raw in data.get("agents", {}).items():
+        saved.agents[name] = SavedAgent(
+            pending={int(e["id"]): e for e in raw.get("pending", [])},
+            inflight={int(i) for i in raw.get("inflight", [])},
+            session_id=raw.get("session_id"),
+            runs=[float(t) for t in raw.get("runs", [])],
+        )
+    return saved, int(data.get("generation", 0))
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    def __init__(self, state_dir: Path, report: Callable[[str, str], None]) -> None:
+        """`report(level, message)` tells the operator what happened to the files."""
+        self.dir = state_dir
+        self.report = report
+        self.generation = 0
+        self.snapshot_bytes = 0
+        self.journal_bytes = 0
+        self._journal: IO[bytes] | None = None
+        self._lock: IO[str] | None = None
+        self._buffer: list[bytes] = []
+
+    # -- opening
+    def open(self) -> Saved:
+        """Take the lock, load what the last run left, and start a new snapshot generation."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            lock = open(self.dir / "lock", "a+")  # noqa: SIM115 held until close()
+        except OSError as error:
+            raise StateDirError(
+                f"state_dir {self.dir}: cannot use it: {error.strerror or error}"
+            ) from None
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            lock.close()
+            raise StateDirError(
+                f"state_dir {self.dir} is in use by another ghit-work (pid {holder}); "
+                "stop it first, or give this one its own state_dir"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
+        saved = self._load()
+        return saved
+
+    def _load(self) -> Saved:
+        saved, generation = Saved(), 0
+        snapshot = self.dir / "state.json"
+        if snapshot.exists():
+            try:
+                saved, generation = _from_snapshot(json.loads(snapshot.read_bytes()))
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+                self._set_aside(snapshot, f"unreadable ({_reason(error)})")
+                saved, generation = Saved(), 0
+        for journal in sorted(self.dir.glob("journal-*.jsonl")):
+            if journal.name == f"journal-{generation}.jsonl":
+                self._replay(journal, saved)
+            else:
+                with contextlib.suppress(OSError):
+                    journal.unlink()  # a generation already folded into the snapshot
+        self.generation = generation
+        return saved
+
+    def _replay(self, journal: Path, saved: Saved) -> None:
+        try:
+            lines = journal.read_bytes().split(b"\n")
+        except OSError as error:
+            self._set_aside(journal, f"unreadable ({_reason(error)})")
+            return
+        bad = 0
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                saved.apply(json.loads(line))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                if number == len(lines):
+                    self.report(
+                        "info", f"{journal}: ignored a torn last record (a crash mid-write)"
+                    )
+                    continue
+                bad += 1
+        if bad:
+            self._set_aside(
+                journal, f"{bad} unreadable record(s) skipped, the rest recovered", copy=True
+            )
+
+    def _set_aside(self, path: Path, why: str, copy: bool = False) -> None:
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        try:
+            if copy:
+                aside.write_bytes(path.read_bytes())
+            else:
+                path.rename(aside)
+            where = f"kept as {aside}"
+        except OSError as error:
+            where = f"could not be set aside: {_reason(error)}"
+        self.report("warning", f"{path}: {why}; {where}")
+
+    # -- writing
+    def record(self, record: dict[str, Any]) -> None:
+        self._buffer.append(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+
+    def record_event(self, raw: bytes, agents: Iterable[str]) -> None:
+        """An event routed to agents, journaled with the bytes tail-events printed."""
+        to = json.dumps(list(agents), separators=(",", ":")).encode()
+        self._buffer.append(b'{"to":' + to + b',"e":' + raw.replace(b"\n", b" ") + b"}\n")
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._buffer)
+
+    def flush(self) -> None:
+        """One write and one fsync for everything recorded since the last flush."""
+        if not self._buffer or self._journal is None:
+            return
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._journal.write(data)
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+        self.journal_bytes += len(data)
+
+    def wants_compaction(self) -> bool:
+        return self.journal_bytes > max(MIN_COMPACT_BYTES, 2 * self.snapshot_bytes)
+
+    def compact(self, saved: Saved) -> None:
+        """Write `saved` as the snapshot of a new generation, and start its empty journal."""
+        self._buffer.clear()  # everything buffered is part of `saved`
+        generation = self.generation + 1
+        data = json.dumps(_snapshot(saved, generation), separators=(",", ":")).encode()
+        tmp = self.dir / ".state.json.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.dir / "state.json")
+        fsync_dir(self.dir)
+        old = self._journal
+        self._journal = open(self.dir / f"journal-{generation}.jsonl", "ab")  # noqa: SIM115
+        if old is not None:
+            old.close()
+        with contextlib.suppress(OSError):
+            (self.dir / f"journal-{self.generation}.jsonl").unlink()
+        self.generation = generation
+        self.snapshot_bytes = len(data)
+        self.journal_bytes = 0
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__

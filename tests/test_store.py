@@ -1,0 +1,110 @@
+"""The state dir: journal replay, snapshots, torn and corrupt files, the lock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ghitwork.store import Saved, SavedAgent, StateDirError, Store
+
+
+def opened(path: Path) -> tuple[Store, Saved, list[tuple[str, str]]]:
+    reports: list[tuple[str, str]] = []
+    store = Store(path, lambda level, message: reports.append((level, message)))
+    return store, store.open(), reports
+
+
+def test_journal_records_rebuild_pending_inflight_sessions_and_cursor(tmp_path: Path) -> None:
+    store, saved, _ = opened(tmp_path)
+    assert saved.cursor is None and saved.agents == {}
+    store.compact(saved)
+    store.record_event(b'{"id": 1, "kind": "k"}', ["a", "b"])
+    store.record_event(b'{\n "id": 2,\n "kind": "k"\n}', ["a"])
+    store.record({"start": "a", "ids": [1, 2], "at": 10.0})
+    store.record({"done": "b", "ids": [1]})
+    store.record({"session": "a", "id": "S1"})
+    store.record({"c": 9})
+    store.flush()
+    store.close()
+
+    reopened, again, _ = opened(tmp_path)
+    reopened.close()
+    assert again.cursor == 9
+    a = again.agents["a"]
+    assert sorted(a.pending) == [1, 2] and a.inflight == {1, 2}
+    assert a.session_id == "S1" and a.runs == [10.0]
+    assert again.agents["b"].pending == {}
+
+
+def test_a_snapshot_starts_a_new_generation_and_old_journals_go(tmp_path: Path) -> None:
+    store, saved, _ = opened(tmp_path)
+    store.compact(saved)
+    store.record({"c": 5})
+    store.flush()
+    saved.cursor = 5
+    saved.agents["a"] = SavedAgent(pending={3: {"id": 3, "kind": "k"}}, session_id="x")
+    store.compact(saved)
+    assert sorted(p.name for p in tmp_path.glob("journal-*")) == ["journal-2.jsonl"]
+    store.close()
+    reopened, loaded, _ = opened(tmp_path)
+    reopened.close()
+    assert loaded.cursor == 5 and list(loaded.agents["a"].pending) == [3]
+
+
+def test_a_torn_last_record_is_ignored(tmp_path: Path) -> None:
+    store, saved, _ = opened(tmp_path)
+    store.compact(saved)
+    store.record({"c": 4})
+    store.flush()
+    store.close()
+    with (tmp_path / "journal-1.jsonl").open("ab") as handle:
+        handle.write(b'{"to":["a"],"e":{"id":5,"ki')
+    reopened, loaded, reports = opened(tmp_path)
+    reopened.close()
+    assert loaded.cursor == 4
+    assert reports == [
+        ("info", f"{tmp_path / 'journal-1.jsonl'}: ignored a torn last record (a crash mid-write)")
+    ]
+
+
+def test_a_corrupt_snapshot_is_reported_set_aside_and_never_fatal(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text("{not json")
+    store, saved, reports = opened(tmp_path)
+    assert saved.cursor is None
+    assert [level for level, _ in reports] == ["warning"]
+    assert "state.json: unreadable" in reports[0][1] and "kept as" in reports[0][1]
+    assert len(list(tmp_path.glob("state.json.corrupt-*"))) == 1
+    store.close()
+
+
+def test_a_corrupt_journal_line_is_skipped_and_a_copy_kept(tmp_path: Path) -> None:
+    store, saved, _ = opened(tmp_path)
+    store.compact(saved)
+    store.close()
+    (tmp_path / "journal-1.jsonl").write_text('{"c": 1}\ngarbage\n{"c": 3}\n')
+    reopened, loaded, reports = opened(tmp_path)
+    reopened.close()
+    assert loaded.cursor == 3
+    assert "1 unreadable record(s) skipped" in reports[0][1]
+    assert len(list(tmp_path.glob("journal-1.jsonl.corrupt-*"))) == 1
+
+
+def test_a_second_store_on_the_same_dir_is_refused(tmp_path: Path) -> None:
+    first, _, _ = opened(tmp_path)
+    with pytest.raises(StateDirError, match="in use by another ghit-work"):
+        opened(tmp_path)
+    first.close()
+    second, _, _ = opened(tmp_path)
+    second.close()
+
+
+def test_snapshot_writes_are_whole_files(tmp_path: Path) -> None:
+    store, saved, _ = opened(tmp_path)
+    saved.cursor = 7
+    store.compact(saved)
+    data = json.loads((tmp_path / "state.json").read_text())
+    assert data["cursor"] == 7 and data["version"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+    store.close()
