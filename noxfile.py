@@ -25,3 +25,10 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Measurements, not tests: the soak run (about a minute)."""
+    session.install("-e", ".[dev]")
+    session.run("python", "benchmarks/soak.py", *(session.posargs or ["60"]))

@@ -172,7 +172,13 @@ class Daemon:
         )
         for agent in self.dispatcher.agents.values():
             agent.stopping = True
-        await self.dispatcher.wait_idle()
+        idle = asyncio.ensure_future(self.dispatcher.wait_idle())
+        stop_task = asyncio.ensure_future(self._stop_requested.wait())
+        await asyncio.wait([idle, stop_task], return_when=asyncio.FIRST_COMPLETED)
+        if not idle.done():
+            await self._stop_agents()
+        idle.cancel()
+        stop_task.cancel()
         return Exit.SOURCE_GAVE_UP
 
     async def _drain(self, drained: asyncio.Future[None]) -> Exit:
