@@ -8,7 +8,6 @@ events were redelivered. Exit status 1 if an event was lost or a batch out of or
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import signal
@@ -28,8 +27,15 @@ AGENTS = {
     "busy": (["team:ghit"], ["thread-created", "pull-created", "reply-created"]),
 }
 ACTORS = ["alice", "bob", "team", "repo", "busy", None]
-SCOPES = ["thread:teams/ghit/r1/1", "thread:teams/ghit/r1/2", "thread:teams/ghit/r2/1",
-          "repo:teams/ghit/r1", "repo:teams/ghit/r3", "user:mentions", "thread:teams/other/x/1"]
+SCOPES = [
+    "thread:teams/ghit/r1/1",
+    "thread:teams/ghit/r1/2",
+    "thread:teams/ghit/r2/1",
+    "repo:teams/ghit/r1",
+    "repo:teams/ghit/r3",
+    "user:mentions",
+    "thread:teams/other/x/1",
+]
 KINDS = ["reply-created", "thread-created", "pull-created", "user-mention", "pull-review-created"]
 
 AGENT = """\
@@ -65,24 +71,43 @@ def expected(events: list[dict[str, object]]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {name: [] for name in AGENTS}
     for event in events:
         for name, (scopes, kinds) in AGENTS.items():
-            if event["kind"] in kinds and event["actor_user_username"] != name and any(
-                cover in scopes for cover in covering(str(event["scopes"][0]))  # type: ignore[index]
+            if (
+                event["kind"] in kinds
+                and event["actor_user_username"] != name
+                and any(
+                    cover in scopes
+                    for cover in covering(str(event["scopes"][0]))  # type: ignore[index]
+                )
             ):
                 out[name].append(int(event["id"]))  # type: ignore[call-overload]
     return out
 
 
 def write_config(path: Path, record: Path, extra_scope: int) -> None:
-    lines = ["[ghit-work]", 'tail_cmd = ["sh", "tail.sh", "events.jsonl"]', 'retry = "1m"',
-             "limit = 3", 'agent_prompt = "{{ redelivered }}:{% for e in events %}{{ e.id }} '
-             '{% endfor %}"']
+    lines = [
+        "[ghit-work]",
+        'tail_cmd = ["sh", "tail.sh", "events.jsonl"]',
+        'retry = "1m"',
+        "limit = 3",
+        'agent_prompt = "{{ redelivered }}:{% for e in events %}{{ e.id }} {% endfor %}"',
+    ]
     for name, (scopes, kinds) in AGENTS.items():
-        lines += [f"[agents.{name}]", f'cmd = ["{sys.executable}", "agent.py"]',
-                  f'username = "{name}"', f"event_scopes = {json.dumps(scopes)}",
-                  f"event_kinds = {json.dumps(kinds)}", f'env = {{ RECORD = "{record}" }}']
+        lines += [
+            f"[agents.{name}]",
+            f'cmd = ["{sys.executable}", "agent.py"]',
+            f'username = "{name}"',
+            f"event_scopes = {json.dumps(scopes)}",
+            f"event_kinds = {json.dumps(kinds)}",
+            f'env = {{ RECORD = "{record}" }}',
+        ]
     # A bystander whose scope changes at each reload: the union changes, tail-events restarts.
-    lines += ["[agents.bystander]", 'cmd = ["true"]', 'username = "bystander"',
-              f'event_scopes = ["repo:teams/nobody/r{extra_scope}"]', 'event_kinds = ["none"]']
+    lines += [
+        "[agents.bystander]",
+        'cmd = ["true"]',
+        'username = "bystander"',
+        f'event_scopes = ["repo:teams/nobody/r{extra_scope}"]',
+        'event_kinds = ["none"]',
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -97,8 +122,9 @@ def main(seconds: float = 60.0) -> int:
     log = (root / "ghit-work.log").open("a")
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([str(BIN / "ghit-work")], cwd=root, stderr=log,
-                                stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [str(BIN / "ghit-work")], cwd=root, stderr=log, stdin=subprocess.DEVNULL
+        )
 
     written: list[dict[str, object]] = []
     stop_writing = threading.Event()
@@ -107,9 +133,13 @@ def main(seconds: float = 60.0) -> int:
         ident = 0
         while not stop_writing.is_set():
             ident += 1
-            event = {"id": ident, "kind": rng.choice(KINDS),
-                     "actor_user_username": rng.choice(ACTORS), "scopes": [rng.choice(SCOPES)],
-                     "summary": {"web_url": "https://g/x", "api_url": "https://g/api/x"}}
+            event = {
+                "id": ident,
+                "kind": rng.choice(KINDS),
+                "actor_user_username": rng.choice(ACTORS),
+                "scopes": [rng.choice(SCOPES)],
+                "summary": {"web_url": "https://g/x", "api_url": "https://g/api/x"},
+            }
             with events_file.open("a") as handle:
                 handle.write(json.dumps(event) + "\n")
             written.append(event)
@@ -159,13 +189,19 @@ def main(seconds: float = 60.0) -> int:
     unordered = sum(1 for n in AGENTS for b in got[n] if b != sorted(b))
     counts = {n: len([i for b in got[n] for i in b]) for n in AGENTS}
     redelivered = sum(counts[n] - len(set(want[n])) for n in AGENTS)
-    print(f"soak: {seconds:.0f}s, {len(written)} events written, "
-          f"{sum(len(v) for v in want.values())} matched deliveries expected")
-    print(f"  tail-events restarts: {text.count('tail-events: started')}, "
-          f"reloads: {text.count('config reloaded')}, kill -9: {int(killed)}, "
-          f"agent failures: {text.count('exit 1 after')}")
-    print(f"  lost: {sum(len(v) for v in lost.values())}, batches out of order: {unordered}, "
-          f"redelivered (delivered more than once): {redelivered}, final exit status: {status}")
+    print(
+        f"soak: {seconds:.0f}s, {len(written)} events written, "
+        f"{sum(len(v) for v in want.values())} matched deliveries expected"
+    )
+    print(
+        f"  tail-events restarts: {text.count('tail-events: started')}, "
+        f"reloads: {text.count('config reloaded')}, kill -9: {int(killed)}, "
+        f"agent failures: {text.count('exit 1 after')}"
+    )
+    print(
+        f"  lost: {sum(len(v) for v in lost.values())}, batches out of order: {unordered}, "
+        f"redelivered (delivered more than once): {redelivered}, final exit status: {status}"
+    )
     ok = not any(lost.values()) and unordered == 0 and status == 0
     print(f"  result: {'every matched event reached its agent at least once' if ok else 'FAIL'}")
     if ok:

@@ -308,3 +308,45 @@ def _child_of(pid: int) -> int | None:
     except OSError:
         return None
     return int(children[0]) if children else None
+
+
+def test_a_removed_agent_keeps_its_queued_events_until_it_comes_back(setup: Setup) -> None:
+    both = {"a": {}, "b": {"env": agent_env(setup, SLEEP="1.5")}}
+    setup.write_config(both, tail=["--follow"])
+    write_events(setup.events, [event(1)])
+    with Running(setup.path) as daemon:
+        poll(lambda: setup.delivered("b") == [1], what="b to start on event 1")
+        write_events(setup.events, [event(2)])
+        poll(lambda: setup.delivered("a") == [1, 2], what="a to get event 2")
+        setup.write_config({"a": {}}, tail=["--follow"])
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for("agent b: removed: its 1 queued event(s) are kept in state_dir")
+        daemon.wait_for("agent b: working -> disabled, exit 0")
+        write_events(setup.events, [event(3)])
+        poll(lambda: setup.delivered("a") == [1, 2, 3], what="a to get event 3")
+        setup.write_config(both, tail=["--follow"])
+        daemon.signal(signal.SIGHUP)
+        poll(lambda: setup.delivered("b") == [1, 2], what="b to get its kept event back")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+
+
+def test_a_failing_template_is_retried_after_a_reload_fixes_it(setup: Setup) -> None:
+    setup.write_config({"a": {"agent_prompt": "{{ nope }}"}}, tail=["--follow"])
+    write_events(setup.events, [event(1), event(2)])
+    with Running(setup.path) as daemon:
+        daemon.wait_for("agent a: queued -> failing")
+        setup.write_config({"a": {}}, tail=["--follow"])
+        daemon.signal(signal.SIGHUP)
+        poll(lambda: setup.delivered("a") == [1, 2], what="the kept events after the fix")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+
+
+def test_a_hanging_stream_still_stops_cleanly(setup: Setup) -> None:
+    setup.write_config({"a": {}}, tail=["--hang"])
+    write_events(setup.events, [event(1)])
+    with Running(setup.path) as daemon:
+        poll(lambda: setup.delivered("a") == [1], what="event 1")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
