@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from reactivex import operators as ops
 
 from ghitwork import prompt
 from ghitwork.config import AgentConfig, Config
+from ghitwork.durations import format_duration
 from ghitwork.events import Event, to_event
 from ghitwork.routing import Matcher, Pair
 from ghitwork.runner import Invocation, RunResult, agent_environment
@@ -42,6 +44,26 @@ RECENT_RUNS = 20
 RECENT_STARTS = 1000  # run start times kept (for run budgets)
 
 
+Schedule = Callable[[float, Callable[[], None]], Callable[[], None]]
+
+
+def call_later(delay: float, action: Callable[[], None]) -> Callable[[], None]:
+    """Run `action` after `delay` seconds on the running asyncio loop; returns a cancel."""
+    return asyncio.get_running_loop().call_later(delay, action).cancel
+
+
+def _main_scope(event: Event) -> str:
+    """The most specific scope of an event (a thread, if it has one)."""
+    for scope in event.scopes:
+        if scope.startswith("thread:"):
+            return scope
+    return event.scopes[0] if event.scopes else "(no scope)"
+
+
+def _clock_time(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%H:%M:%SZ")
+
+
 class CannotStart(Exception):
     """The batch cannot be handed to the agent (its template failed); it stays queued."""
 
@@ -59,9 +81,16 @@ class Agent:
         publish: Callable[[Change], None],
         on_idle: Callable[[], None] = lambda: None,
         held: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.time,
+        schedule: Schedule | None = None,
     ) -> None:
         self.name = config.name
         self.held = held  # True while a burst is being read: its events form one batch
+        self.clock = clock
+        self.schedule = schedule or call_later
+        self.throttled_until: float | None = None
+        self._release: Callable[[], None] | None = None
+        self.run_scopes: deque[tuple[float, tuple[str, ...]]] = deque(maxlen=RECENT_STARTS)
         self.config = config
         self.pending: list[Event] = []
         self.redelivered: set[int] = set()
@@ -86,6 +115,9 @@ class Agent:
         self.config = config
         if self.state is AgentState.WORKING:
             return
+        if self.state is AgentState.THROTTLED:
+            self._cancel_throttle()  # a changed budget applies at once
+            self._set(AgentState.IDLE)
         if not config.enabled:
             self._set(AgentState.DISABLED)
         elif self.state in (AgentState.DISABLED, AgentState.FAILING):
@@ -128,10 +160,66 @@ class Agent:
             or self.held()
         ):
             return False
+        until = self._budget_allows_at()
+        if until is not None:
+            self._throttle(until)
+            return False
         self.outstanding = True
         self._set(AgentState.QUEUED)
         self._request(reactivex.defer(lambda _scheduler: self._start()))
         return True
+
+    # -- run budget: at most N starts in any rolling window
+    def _budget_allows_at(self) -> float | None:
+        """None when a run may start now; else the time the window allows the next one."""
+        budget = self.config.budget
+        if budget is None:
+            return None
+        since = self.clock() - budget.window
+        recent = [started for started in self.runs if started > since]
+        if len(recent) < budget.runs:
+            return None
+        return recent[-budget.runs] + budget.window
+
+    def _throttle(self, until: float) -> None:
+        self.throttled_until = until
+        delay = max(0.0, until - self.clock())
+        budget = self.config.budget
+        reason = (
+            f"budget {budget} used up, runs again at {_clock_time(until)} "
+            f"(in {format_duration(delay)}){self._hot_scope()}"
+        )
+        self._set(AgentState.THROTTLED, reason)
+        self._release = self.schedule(delay, self._unthrottle)
+
+    def _hot_scope(self) -> str:
+        """The scope that woke the agent most in its window: where a loop usually is."""
+        budget = self.config.budget
+        since = self.clock() - (budget.window if budget else 0.0)
+        counts: Counter[str] = Counter()
+        for started, scopes in self.run_scopes:
+            if started > since:
+                counts.update(scopes)
+        counts.update(_main_scope(event) for event in self.pending)
+        if not counts:
+            return ""
+        scope, count = counts.most_common(1)[0]
+        return f"; most events from {scope} ({count} in the window)"
+
+    def _unthrottle(self) -> None:
+        self._release = None
+        if self.state is not AgentState.THROTTLED:
+            return
+        self.throttled_until = None
+        self._set(AgentState.IDLE)
+        if not self.wake():
+            self._complete_if_done()
+
+    def _cancel_throttle(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+        self.throttled_until = None
 
     def _start(self) -> Observable[RunResult]:
         """The run got its slot: take every pending event as the batch, now."""
@@ -152,8 +240,10 @@ class Agent:
             return reactivex.empty()
         old, self.state = self.state, AgentState.WORKING
         self.batch = tuple(batch)
-        self.runs.append(time.time())
+        started = self.clock()
+        self.runs.append(started)
         del self.runs[:-RECENT_STARTS]
+        self.run_scopes.append((started, tuple(_main_scope(event) for event in batch)))
         self._publish(
             RunStarted(
                 agent=self.name,
@@ -198,7 +288,13 @@ class Agent:
             self._on_idle()
 
     def _complete_if_done(self) -> None:
-        if self._closing and not self.outstanding and self._complete is not None:
+        waiting_for_budget = self.state is AgentState.THROTTLED and self.pending
+        if (
+            self._closing
+            and not self.outstanding
+            and not waiting_for_budget
+            and self._complete is not None
+        ):
             complete, self._complete = self._complete, None
             complete()
 

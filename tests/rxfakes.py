@@ -15,6 +15,7 @@ from reactivex.testing.reactivetest import ReactiveTest
 from ghitwork import pipeline, prompt
 from ghitwork.config import AgentConfig
 from ghitwork.dispatch import Agent
+from ghitwork.durations import parse_budget
 from ghitwork.events import Event
 from ghitwork.routing import Matcher, Slots
 from ghitwork.runner import RunResult
@@ -27,6 +28,7 @@ def agent_config(
     kinds: Sequence[str] = ("reply-created",),
     username: str | None = None,
     enabled: bool = True,
+    budget: str | None = None,
 ) -> AgentConfig:
     return AgentConfig(
         name=name,
@@ -37,6 +39,7 @@ def agent_config(
         workdir=Path("."),
         prompt=prompt.DEFAULT,
         enabled=enabled,
+        budget=parse_budget(budget) if budget else None,
     )
 
 
@@ -71,11 +74,24 @@ class FakeAgents:
         self.scheduler = scheduler
         self.matcher = Matcher(configs)
         self.changes: list[Change] = []
-        self.agents = {c.name: Agent(c, self.launch, self.changes.append) for c in configs}
+        self.agents = {
+            c.name: Agent(
+                c,
+                self.launch,
+                self.changes.append,
+                clock=lambda: scheduler.clock,
+                schedule=self._schedule,
+            )
+            for c in configs
+        }
         self.duration = duration
         self.exit_code = exit_code
         self.runs: list[Run] = []
         self.results: list[RunResult] = []
+
+    def _schedule(self, delay: float, action: Callable[[], None]) -> Callable[[], None]:
+        disposable = self.scheduler.schedule_relative(delay, lambda *_: action())
+        return disposable.dispose
 
     def route(self, event: Event) -> tuple[str, ...]:
         return self.matcher.match(event)

@@ -44,6 +44,7 @@ def test_init_writes_a_config_that_passes_check(tmp_path: Path) -> None:
     checked = ghit_work("check", cwd=tmp_path)
     assert checked.returncode == 0, checked.stderr
     assert "codex (enabled" in checked.stdout and "claude (disabled" in checked.stdout
+    assert "    budget:   30/1h\n" in checked.stdout, "check shows each agent's budget"
 
 
 def test_init_honours_the_config_path_and_creates_its_directory(tmp_path: Path) -> None:
