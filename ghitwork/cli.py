@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shlex
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -16,6 +18,7 @@ from typing import NoReturn, TextIO
 from ghitwork import __version__
 from ghitwork.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from ghitwork.daemon import Daemon, Exit
+from ghitwork.dashboard import DashboardModel
 from ghitwork.durations import DurationError, format_duration, parse_duration
 from ghitwork.reaper import become_init_if_pid1
 from ghitwork.source import tail_command
@@ -208,17 +211,43 @@ def check(config: Config, out: TextIO) -> None:
 
 
 def run(config: Config, args: argparse.Namespace, err: TextIO) -> int:
+    if args.tui and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("--tui needs a terminal (stdin and stdout are not one)")
     reaped = become_init_if_pid1()
     if reaped is not None:
         return reaped
     bus = StateBus()
     secrets = [os.environ.get("GHIT_API_TOKEN", "")]
-    writer = StatusWriter(err, Level(args.log_level), args.log_format == "json", secrets)
-    bus.changes.subscribe(writer)
+    if not args.tui or not err.isatty():
+        # With --tui the status lines go to the log pane; they still go to stderr when it
+        # is redirected (`ghit-work --tui 2>>ghit-work.log`), never onto the screen.
+        writer = StatusWriter(err, Level(args.log_level), args.log_format == "json", secrets)
+        bus.changes.subscribe(writer)
 
     def reload() -> Config:
         """The same file again; the command line's --retry and --limit keep winning."""
         return load_config(args.config).with_overrides(args.retry, args.limit)
 
     daemon = Daemon(config, bus, drain=args.drain, reload=reload)
-    return int(asyncio.run(daemon.run()))
+    if not args.tui:
+        return int(asyncio.run(daemon.run()))
+    model = DashboardModel(Level(args.log_level), secrets=secrets)
+    bus.changes.subscribe(model)
+    return int(asyncio.run(_with_dashboard(daemon, model)))
+
+
+async def _with_dashboard(daemon: Daemon, model: DashboardModel) -> Exit:
+    from ghitwork.ui import Controls, run_dashboard  # asciimatics only when asked for
+
+    controls = Controls(
+        quit=lambda: daemon.request_stop(reason="quit from the dashboard"),
+        terminate=lambda name: daemon.dispatcher.terminate(name, "stopped by the operator"),
+        reload=lambda: os.kill(os.getpid(), signal.SIGHUP),
+    )
+    screen = asyncio.ensure_future(run_dashboard(model, controls))
+    try:
+        return await daemon.run()
+    finally:
+        screen.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await screen

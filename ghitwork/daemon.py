@@ -28,7 +28,15 @@ from ghitwork.dispatch import Dispatcher
 from ghitwork.events import Event
 from ghitwork.routing import Pair, Slots
 from ghitwork.source import Outcome, TailSource, tail_command
-from ghitwork.state import Change, EventRouted, Level, RunFinished, RunStarted, StateBus
+from ghitwork.state import (
+    Change,
+    ConfigApplied,
+    EventRouted,
+    Level,
+    RunFinished,
+    RunStarted,
+    StateBus,
+)
 from ghitwork.store import StateDirError, Store
 
 
@@ -107,6 +115,7 @@ class Daemon:
             if not drained.done():
                 drained.set_result(None)
 
+        self.bus.publish(ConfigApplied(config=self.config))
         persist = self.bus.changes.subscribe(self._persist)
         flow = pipeline.dispatch(self.events, self.dispatcher, self.slots, self.injected)
         subscription = flow.subscribe(on_error=report_error, on_completed=completed)
@@ -232,14 +241,15 @@ class Daemon:
             )
 
     # -- signals
-    def request_stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+    def request_stop(self, sig: signal.Signals = signal.SIGTERM, reason: str = "") -> None:
         self._interrupts += 1
         if self._interrupts > 1 and sig == signal.SIGINT:
             self.bus.notice(Level.WARNING, "stop", "second interrupt: killing agents now")
             for invocation in self.dispatcher.running.values():
                 invocation.kill()
             return
-        self.bus.notice(Level.INFO, "stop", f"{signal.Signals(sig).name} received: stopping")
+        why = reason or f"{signal.Signals(sig).name} received"
+        self.bus.notice(Level.INFO, "stop", f"{why}: stopping")
         self._stop_requested.set()
 
     def request_reload(self) -> None:
@@ -263,6 +273,7 @@ class Daemon:
         self.config = config
         self.dispatcher.reload(config)
         self.slots.set_limit(config.limit)
+        self.bus.publish(ConfigApplied(config=config))
         if self.source is not None and self._subscription() != before:
             cursor = self.source.cursor
             self.bus.notice(

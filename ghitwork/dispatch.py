@@ -424,13 +424,15 @@ class Dispatcher:
 
         return forward
 
-    def terminate(self, name: str, reason: str) -> bool:
-        """SIGTERM the agent's running invocation (SIGKILL after a grace period)."""
+    def terminate(self, name: str, reason: str, requeue: bool = False) -> int | None:
+        """SIGTERM the agent's running invocation (SIGKILL after a grace period); its pid.
+        Without `requeue` (the operator's `k`) the run simply fails: its batch is not
+        delivered again."""
         invocation = self.running.get(name)
         if invocation is None:
-            return False
-        invocation.terminate(reason)
-        return True
+            return None
+        invocation.terminate(reason, requeue)
+        return invocation.pid
 
     async def stop(self) -> None:
         """No new runs; terminate the running ones and wait until every agent is idle."""
@@ -438,7 +440,7 @@ class Dispatcher:
         for agent in self.agents.values():
             agent.stopping = True
         for name in list(self.running):
-            self.terminate(name, "ghit-work is stopping")
+            self.terminate(name, "ghit-work is stopping", requeue=True)
         await self.wait_idle()
 
     async def wait_idle(self) -> None:

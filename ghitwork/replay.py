@@ -13,6 +13,7 @@ file as it grows, like `tail -f`. A few flags inject faults for tests (--exit-af
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -167,10 +168,16 @@ def replay(args: argparse.Namespace, out: IO[bytes], err: IO[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Our own buffer, even under PYTHONUNBUFFERED: a recorded file is replayed in big writes,
+    # as a server's burst would arrive, rather than one write per line.
+    out = open(sys.stdout.fileno(), "wb", buffering=65536, closefd=False)  # noqa: SIM115
     try:
-        return replay(args, sys.stdout.buffer, sys.stderr)
+        return replay(args, out, sys.stderr)
     except KeyboardInterrupt:
         return 0
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            out.close()
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ class RunResult:
     signal: int | None = None
     error: str | None = None  # could not start
     timed_out: bool = False
-    stopped: bool = False  # terminated on purpose (shutdown or the operator)
+    stopped: bool = False  # terminated because ghit-work stopped: its events come again
     session_id: str | None = None
     resumed: bool = False
     log_files: tuple[str, ...] = ()
@@ -230,16 +230,18 @@ class Invocation:
         self.on_start = on_start
         self.pid: int | None = None
         self._stop_reason: str | None = None
+        self._requeue = False
         self._timed_out = False
         self._killer: asyncio.TimerHandle | None = None
         self._process: asyncio.subprocess.Process | None = None
 
-    def terminate(self, reason: str = "stopped") -> None:
-        """SIGTERM to the agent's process group, SIGKILL after KILL_GRACE."""
-        if self._process is None or self._process.returncode is not None:
-            self._stop_reason = self._stop_reason or reason
-            return
+    def terminate(self, reason: str = "stopped", requeue: bool = False) -> None:
+        """SIGTERM to the agent's process group, SIGKILL after KILL_GRACE. With `requeue`
+        (ghit-work is stopping) the run counts as unfinished and its events come again."""
         self._stop_reason = self._stop_reason or reason
+        self._requeue = self._requeue or requeue
+        if self._process is None or self._process.returncode is not None:
+            return
         self._signal_group(signal.SIGTERM)
         if self._killer is None:
             loop = asyncio.get_running_loop()
@@ -369,7 +371,7 @@ class Invocation:
             returncode=code if code is not None and code >= 0 else None,
             signal=-code if code is not None and code < 0 else None,
             timed_out=self._timed_out,
-            stopped=self._stop_reason is not None and not self._timed_out,
+            stopped=self._requeue and not self._timed_out,
             session_id=session,
             resumed=self.resumed,
             log_files=logs.all if logs else (),

@@ -12,6 +12,7 @@ from enum import StrEnum
 
 from reactivex.subject import Subject
 
+from ghitwork.config import Config
 from ghitwork.events import Event, Malformed
 from ghitwork.runner import RunResult
 
@@ -116,6 +117,13 @@ class Notice(Change):
     topic: str  # "reload", "tail-events", "agent", "stop", ...
     message: str
     agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigApplied(Change):
+    """The config in force: at start and after each successful reload."""
+
+    config: Config
 
 
 class StateBus:

@@ -1,0 +1,288 @@
+"""What the TUI shows, reduced from the state bus; no asciimatics here.
+
+`DashboardModel` subscribes to the state bus and folds every change into a small model;
+`view()` hands the screen an immutable `View`, rebuilt only when something changed, so the
+screen draws the latest snapshot (never a queue of frames) and an idle dashboard costs
+nothing. The model and the screen run on the one asyncio thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from ghitwork.config import AgentConfig, Config
+from ghitwork.runner import RunResult
+from ghitwork.state import (
+    AgentChanged,
+    AgentState,
+    Change,
+    ConfigApplied,
+    EventRouted,
+    EventSkipped,
+    Level,
+    Notice,
+    RunFinished,
+    RunStarted,
+    SourceExited,
+    SourceRetry,
+    SourceStarted,
+)
+from ghitwork.status import LEVELS, describe, id_ranges
+
+MAX_EVENTS = 500
+MAX_LOG = 2000
+MAX_ATTENTION = 200
+MAX_RUNS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class EventLine:
+    id: int
+    kind: str
+    actor: str
+    scopes: tuple[str, ...]
+    title: str
+    agents: tuple[str, ...]
+
+    def matches(self, needle: str) -> bool:
+        needle = needle.lower()
+        return any(
+            needle in text.lower() for text in (self.kind, self.actor, self.title, *self.scopes)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentView:
+    name: str
+    state: AgentState
+    since: float
+    queue: int = 0
+    batch: tuple[tuple[int, str, str], ...] = ()  # (id, kind, title)
+    session_id: str | None = None
+    runs: tuple[RunResult, ...] = ()
+    problem: str = ""
+    config: AgentConfig | None = None
+
+    @property
+    def shown_state(self) -> str:
+        """The strip's word: an idle agent whose last run failed is shown as failing."""
+        if self.state is AgentState.IDLE and self.problem:
+            return "failing"
+        return str(self.state)
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    config_path: str = ""
+    limit: int = 0
+    retry: float = 0.0
+    health: str = "starting"
+    retry_at: float | None = None  # when the next tail-events start is due (retrying)
+    retry_used: float = 0.0
+    events_seen: int = 0
+    batches_run: int = 0
+    failures: int = 0
+    agents: tuple[AgentView, ...] = ()
+    events: tuple[EventLine, ...] = ()
+    attention: tuple[str, ...] = ()
+    log: tuple[str, ...] = ()
+
+
+@dataclass
+class _Agent:
+    view: AgentView
+    runs: deque[RunResult] = field(default_factory=lambda: deque(maxlen=MAX_RUNS))
+
+
+class DashboardModel:
+    def __init__(
+        self,
+        level: Level = Level.INFO,
+        clock: Callable[[], float] = time.time,
+        secrets: Sequence[str] = (),
+    ) -> None:
+        self.threshold = LEVELS[level]
+        self.secrets = [s for s in secrets if len(s) >= 4]
+        self.clock = clock
+        self.config: Config | None = None
+        self.agents: dict[str, _Agent] = {}
+        self.events: deque[EventLine] = deque(maxlen=MAX_EVENTS)
+        self.titles: dict[int, tuple[str, str]] = {}  # recent event id -> (kind, title)
+        self.log: deque[str] = deque(maxlen=MAX_LOG)
+        self.attention: deque[str] = deque(maxlen=MAX_ATTENTION)
+        self.health = "starting"
+        self.retry_at: float | None = None
+        self.retry_used = 0.0
+        self.events_seen = 0
+        self.batches_run = 0
+        self.failures = 0
+        self.version = 0
+        self._view: View | None = None
+        self._view_version = -1
+
+    # -- input
+    def __call__(self, change: Change) -> None:
+        self.version += 1
+        if isinstance(change, EventRouted):
+            self._event(change)
+            return  # the per-event path stays short: no log line unless debugging
+        if isinstance(change, ConfigApplied):
+            self._configure(change.config)
+        elif isinstance(change, AgentChanged):
+            self._agent(
+                change.agent,
+                state=change.new,
+                since=change.at,
+                queue=change.queue,
+                problem=change.reason if change.new is AgentState.FAILING else "",
+            )
+        elif isinstance(change, RunStarted):
+            batch = tuple((i, *self.titles.get(i, ("", ""))) for i in change.event_ids)
+            self._agent(
+                change.agent,
+                state=AgentState.WORKING,
+                since=change.at,
+                queue=change.queue,
+                batch=batch,
+                session_id=change.session_id,
+            )
+        elif isinstance(change, RunFinished):
+            self._finished(change)
+        elif isinstance(change, SourceStarted):
+            self.health, self.retry_at = "healthy", None
+        elif isinstance(change, SourceRetry):
+            self.health = "retrying"
+            self.retry_at = change.at + change.delay
+            self.retry_used = change.used
+        elif isinstance(change, SourceExited) and self.health == "healthy":
+            self.health = "retrying"
+        elif (
+            isinstance(change, Notice)
+            and change.topic == "tail-events"
+            and change.level is Level.ERROR
+        ):
+            self.health, self.retry_at = "failing", None
+        line = describe(change)
+        if line is None or LEVELS[line.level] < self.threshold:
+            return
+        text = self._redact(f"{_hms(change.at)} {line.message}")
+        self.log.append(text)
+        if LEVELS[line.level] >= LEVELS[Level.WARNING] or isinstance(change, EventSkipped):
+            self.attention.append(text)
+
+    def _redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def note(self, message: str) -> None:
+        """Something the operator did (e.g. `k`), confirmed in the attention pane."""
+        self.version += 1
+        text = f"{_hms(self.clock())} {message}"
+        self.attention.append(text)
+        self.log.append(text)
+
+    def _event(self, change: EventRouted) -> None:
+        event = change.event
+        summary = event.data.get("summary")
+        title = summary.get("thread_title", "") if isinstance(summary, dict) else ""
+        title = title if isinstance(title, str) else ""
+        self.events_seen += 1
+        self.events.append(
+            EventLine(event.id, event.kind, event.actor or "-", event.scopes, title, change.agents)
+        )
+        if change.agents:
+            self.titles[event.id] = (event.kind, title)
+            if len(self.titles) > 4 * MAX_EVENTS:
+                for old in list(self.titles)[: 2 * MAX_EVENTS]:
+                    del self.titles[old]
+        if self.threshold <= LEVELS[Level.DEBUG]:
+            line = describe(change)
+            if line is not None:
+                self.log.append(f"{_hms(change.at)} {line.message}")
+
+    def _configure(self, config: Config) -> None:
+        self.config = config
+        names = {agent.name for agent in config.agents}
+        for agent in config.agents:
+            state = AgentState.IDLE if agent.enabled else AgentState.DISABLED
+            current = self.agents.get(agent.name)
+            if current is None:
+                self.agents[agent.name] = _Agent(
+                    AgentView(agent.name, state, self.clock(), config=agent)
+                )
+            else:
+                view = current.view
+                if not agent.enabled and view.state is not AgentState.WORKING:
+                    view = replace(view, state=AgentState.DISABLED)
+                current.view = replace(view, config=agent)
+        for name, current in self.agents.items():
+            if name not in names and current.view.config is not None:
+                current.view = replace(
+                    current.view, config=replace(current.view.config, enabled=False)
+                )
+
+    def _agent(self, name: str, **updates: object) -> None:
+        current = self.agents.get(name)
+        if current is None:
+            current = self.agents[name] = _Agent(AgentView(name, AgentState.IDLE, self.clock()))
+        current.view = replace(current.view, **updates)  # type: ignore[arg-type]
+
+    def _finished(self, change: RunFinished) -> None:
+        result = change.result
+        self.batches_run += 1
+        if not result.ok and not result.stopped:
+            self.failures += 1
+        current = self.agents.get(change.agent)
+        if current is None:
+            current = self.agents[change.agent] = _Agent(
+                AgentView(change.agent, change.new, change.at)
+            )
+        current.runs.append(result)
+        failed = "" if result.ok or result.stopped else result.describe()
+        current.view = replace(
+            current.view,
+            state=change.new,
+            since=change.at,
+            queue=change.queue,
+            batch=(),
+            problem=failed,
+            session_id=result.session_id or current.view.session_id,
+            runs=tuple(current.runs),
+        )
+
+    # -- output
+    def view(self) -> View:
+        """The latest snapshot; the same object while nothing changed."""
+        if self._view is not None and self._view_version == self.version:
+            return self._view
+        config = self.config
+        self._view = View(
+            config_path=str(config.path) if config else "",
+            limit=config.limit if config else 0,
+            retry=config.retry if config else 0.0,
+            health=self.health,
+            retry_at=self.retry_at,
+            retry_used=self.retry_used,
+            events_seen=self.events_seen,
+            batches_run=self.batches_run,
+            failures=self.failures,
+            agents=tuple(a.view for a in self.agents.values()),
+            events=tuple(self.events),
+            attention=tuple(self.attention),
+            log=tuple(self.log),
+        )
+        self._view_version = self.version
+        return self._view
+
+
+def _hms(moment: float) -> str:
+    return datetime.fromtimestamp(moment).strftime("%H:%M:%S")
+
+
+def batch_text(view: AgentView) -> str:
+    return id_ranges([i for i, _, _ in view.batch])
