@@ -245,6 +245,13 @@ async def _with_dashboard(daemon: Daemon, model: DashboardModel) -> Exit:
         reload=lambda: os.kill(os.getpid(), signal.SIGHUP),
     )
     screen = asyncio.ensure_future(run_dashboard(model, controls))
+
+    def dashboard_ended(task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # The terminal is restored by now; stop rather than run on without a screen.
+            daemon.request_stop(reason=f"the dashboard failed ({task.exception()!r})")
+
+    screen.add_done_callback(dashboard_ended)
     try:
         return await daemon.run()
     finally:

@@ -183,8 +183,11 @@ class TailSource:
             await asyncio.wait_for(errors, 1.0)
         errors.cancel()
         self._process = None
+        expected = self._stopped or self._restart
         reason = last_error[0] if last_error else "no message on stderr"
-        self.bus.publish(SourceExited(status=status, reason=reason))
+        if expected:
+            reason = "stopped by ghit-work" if self._stopped else "restarted by ghit-work"
+        self.bus.publish(SourceExited(status=status, reason=reason, expected=expected))
         return status, f"exit status {status}: {reason}"
 
     async def _read_stdout(self, stdout: asyncio.StreamReader) -> None:

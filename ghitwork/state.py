@@ -99,6 +99,7 @@ class SourceStarted(Change):
 class SourceExited(Change):
     status: int | None  # None: it could not start at all
     reason: str  # last stderr line, or why it could not start
+    expected: bool = False  # ghit-work stopped or restarted it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -181,8 +181,9 @@ def describe(change: Change) -> Line | None:
             message = f"tail-events: {change.reason}"
         else:
             message = f"tail-events: exited with status {change.status} ({change.reason})"
+        quiet = change.status == 0 or change.expected
         return Line(
-            Level.WARNING if change.status != 0 else Level.INFO,
+            Level.INFO if quiet else Level.WARNING,
             "source.exit",
             message,
             {"status": change.status, "reason": change.reason},

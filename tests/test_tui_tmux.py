@@ -204,3 +204,15 @@ def test_a_resize_redraws_and_keeps_the_selection(setup: Setup, tmux: Tmux) -> N
     tmux.wait_for("── Attention")
     tmux.keys("q")
     tmux.wait_for("EXITED=0")
+
+
+def test_it_stays_responsive_under_a_flood_of_events(setup: Setup, tmux: Tmux) -> None:
+    setup.write_config({"a": {"cmd": ["true"]}, "b": {"cmd": ["true"]}}, tail=["--follow"])
+    start(tmux)
+    tmux.wait_for("healthy")
+    write_events(setup.events, [event(i, title=f"flood {i}") for i in range(1, 20001)])
+    tmux.wait_for("events 20000 ", timeout=60)
+    tmux.keys("Tab")
+    tmux.wait_for("flood 20000")
+    tmux.keys("q")
+    tmux.wait_for("EXITED=0")
