@@ -26,18 +26,20 @@ from ghitwork import pipeline
 from ghitwork.config import Config, ConfigError, subscription_union
 from ghitwork.dispatch import Dispatcher
 from ghitwork.events import Event
-from ghitwork.routing import Pair, Slots
+from ghitwork.routing import Burst, Pair, Slots
 from ghitwork.source import Outcome, TailSource, tail_command
 from ghitwork.state import (
     Change,
     ConfigApplied,
-    EventRouted,
+    EventsRouted,
     Level,
     RunFinished,
     RunStarted,
     StateBus,
 )
 from ghitwork.store import StateDirError, Store
+
+SYNC_DELAY = 0.1  # seconds an fsync of the journal may be deferred
 
 
 class Exit(enum.IntEnum):
@@ -73,7 +75,7 @@ class Daemon:
         self.load_config = reload
         self.dispatcher = Dispatcher(config, bus.publish, self.environ)
         self.slots = Slots(config.limit)
-        self.events: Subject[Event] = Subject()
+        self.events: Subject[Burst] = Subject()
         self.injected: Subject[Pair] = Subject()
         self.store = Store(config.state_dir, self._report_store)
         self.source: TailSource | None = None
@@ -81,6 +83,7 @@ class Daemon:
         self._interrupts = 0
         self._sessions: dict[str, str | None] = {}
         self._journaled = -1  # highest event id written to the journal
+        self._sync_timer: asyncio.TimerHandle | None = None
 
     # -- the tail-events command line
     def _argv(self, cursor: int | None) -> list[str]:
@@ -94,6 +97,7 @@ class Daemon:
 
     # -- lifecycle
     async def run(self) -> Exit:
+        _use_pidfd_child_watcher()
         try:
             saved = self.store.open()
         except StateDirError as error:
@@ -120,10 +124,8 @@ class Daemon:
         flow = pipeline.dispatch(self.events, self.dispatcher, self.slots, self.injected)
         subscription = flow.subscribe(on_error=report_error, on_completed=completed)
         try:
-            self.dispatcher.hold()
             for pair in self.dispatcher.restore(saved):
                 self.injected.on_next(pair)
-            self.dispatcher.release()
             self._sessions = {n: a.session_id for n, a in self.dispatcher.agents.items()}
             self._journaled = saved.cursor if saved.cursor is not None else -1
             self.store.compact(self.dispatcher.snapshot(saved.cursor))
@@ -157,7 +159,6 @@ class Daemon:
             window=lambda: self.config.retry,
             cursor=cursor,
             active=lambda: bool(self.config.enabled_agents),
-            on_burst=self._burst,
         )
         source_task = asyncio.ensure_future(source.run())
         stop_task = asyncio.ensure_future(self._stop_requested.wait())
@@ -286,16 +287,16 @@ class Daemon:
 
     # -- durability: the journal is a subscriber of the state bus
     def _persist(self, change: Change) -> None:
-        if isinstance(change, EventRouted):
-            if change.agents:
-                event = change.event
-                self.store.record_event(event.raw or _dumps(event.data), change.agents)
-                self._journaled = event.id
+        if isinstance(change, EventsRouted):
+            for event, agents in change.routes:
+                if agents:
+                    self.store.record_event(event.raw or _dumps(event.data), agents)
+                    self._journaled = event.id
         elif isinstance(change, RunStarted):
             self.store.record(
                 {"start": change.agent, "ids": list(change.event_ids), "at": round(change.at, 3)}
             )
-            self._commit()
+            self._commit(sync=False)
         elif isinstance(change, RunFinished):
             result = change.result
             if not result.stopped:
@@ -304,25 +305,30 @@ class Daemon:
             if self._sessions.get(change.agent) != session:
                 self._sessions[change.agent] = session
                 self.store.record({"session": change.agent, "id": session})
-            self._commit()
+            self._commit(sync=False)
 
-    def _emit(self, event: Event) -> None:
-        self.dispatcher.hold()
-        self.events.on_next(event)
-
-    def _burst(self) -> None:
-        """After each read from tail-events: one write for everything it brought, then its
-        events start their agents' runs, one batch per agent."""
+    def _emit(self, burst: list[Event]) -> None:
+        """One read from tail-events: route it (runs may start; the journal is written before
+        any run takes an event), then one write for everything it brought."""
+        self.events.on_next(burst)
         cursor = self.source.cursor if self.source else None
         if cursor is not None and cursor > self._journaled:
             self.store.record({"c": cursor})
             self._journaled = cursor
-        self._commit()
-        self.dispatcher.release()
+        self._commit(sync=False)
 
-    def _commit(self) -> None:
+    def _commit(self, sync: bool = True) -> None:
+        """Write what the journal buffered, at once (so a crash of ghit-work itself loses
+        nothing: the OS has it), and fsync within SYNC_DELAY, so a flood costs a few fsyncs a
+        second rather than one per read or per run. Only a power loss inside that window can
+        lose the tail of the journal: tail-events then replays it (at-least-once holds), and
+        an interrupted batch may come back without `redelivered` set.
+        """
         try:
-            self.store.flush()
+            self.store.flush(sync)
+            if not sync and self._sync_timer is None:
+                loop = asyncio.get_running_loop()
+                self._sync_timer = loop.call_later(SYNC_DELAY, self._sync)
             if self.store.wants_compaction():
                 self.store.compact(
                     self.dispatcher.snapshot(self.source.cursor if self.source else None)
@@ -335,8 +341,32 @@ class Daemon:
                 "events are kept in memory and written at the next chance",
             )
 
+    def _sync(self) -> None:
+        self._sync_timer = None
+        try:
+            self.store.sync()
+        except OSError as error:
+            self.bus.notice(
+                Level.ERROR,
+                "state",
+                f"cannot sync {self.config.state_dir}: {error.strerror or error}",
+            )
+
     def _report_store(self, level: str, message: str) -> None:
         self.bus.notice(Level(level), "state", message)
+
+
+def _use_pidfd_child_watcher() -> None:
+    """On Python 3.11 asyncio starts a thread per child process to wait for it; a pidfd
+    watcher waits in the loop itself (the default from 3.12 on). Agents start often."""
+    if sys.version_info >= (3, 12) or not hasattr(asyncio, "PidfdChildWatcher"):
+        return
+    try:
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(asyncio.get_running_loop())
+        asyncio.set_child_watcher(watcher)
+    except (OSError, RuntimeError, NotImplementedError):  # no pidfd_open: keep the default
+        pass
 
 
 def _dumps(data: object) -> bytes:

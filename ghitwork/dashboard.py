@@ -15,14 +15,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from ghitwork.config import AgentConfig, Config
+from ghitwork.events import Event
 from ghitwork.runner import RunResult
 from ghitwork.state import (
     AgentChanged,
     AgentState,
     Change,
     ConfigApplied,
-    EventRouted,
     EventSkipped,
+    EventsRouted,
     Level,
     Notice,
     RunFinished,
@@ -31,7 +32,7 @@ from ghitwork.state import (
     SourceRetry,
     SourceStarted,
 )
-from ghitwork.status import LEVELS, describe, id_ranges
+from ghitwork.status import LEVELS, describe, id_ranges, routed_line
 
 MAX_EVENTS = 500
 MAX_LOG = 2000
@@ -127,8 +128,9 @@ class DashboardModel:
     # -- input
     def __call__(self, change: Change) -> None:
         self.version += 1
-        if isinstance(change, EventRouted):
-            self._event(change)
+        if isinstance(change, EventsRouted):
+            for event, agents in change.routes:
+                self._event(change.at, event, agents)
             return  # the per-event path stays short: no log line unless debugging
         if isinstance(change, ConfigApplied):
             self._configure(change.config)
@@ -186,24 +188,21 @@ class DashboardModel:
         self.attention.append(text)
         self.log.append(text)
 
-    def _event(self, change: EventRouted) -> None:
-        event = change.event
+    def _event(self, at: float, event: Event, agents: tuple[str, ...]) -> None:
         summary = event.data.get("summary")
         title = summary.get("thread_title", "") if isinstance(summary, dict) else ""
         title = title if isinstance(title, str) else ""
         self.events_seen += 1
         self.events.append(
-            EventLine(event.id, event.kind, event.actor or "-", event.scopes, title, change.agents)
+            EventLine(event.id, event.kind, event.actor or "-", event.scopes, title, agents)
         )
-        if change.agents:
+        if agents:
             self.titles[event.id] = (event.kind, title)
             if len(self.titles) > 4 * MAX_EVENTS:
                 for old in list(self.titles)[: 2 * MAX_EVENTS]:
                     del self.titles[old]
         if self.threshold <= LEVELS[Level.DEBUG]:
-            line = describe(change)
-            if line is not None:
-                self.log.append(f"{_hms(change.at)} {line.message}")
+            self.log.append(f"{_hms(at)} {routed_line(event, agents).message}")
 
     def _configure(self, config: Config) -> None:
         self.config = config

@@ -32,9 +32,10 @@ from ghitwork.state import (
     AgentChanged,
     AgentState,
     Change,
-    EventRouted,
+    EventsRouted,
     Level,
     Notice,
+    Route,
     RunFinished,
     RunStarted,
 )
@@ -80,12 +81,10 @@ class Agent:
         launch: Launch,
         publish: Callable[[Change], None],
         on_idle: Callable[[], None] = lambda: None,
-        held: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.time,
         schedule: Schedule | None = None,
     ) -> None:
         self.name = config.name
-        self.held = held  # True while a burst is being read: its events form one batch
         self.clock = clock
         self.schedule = schedule or call_later
         self.throttled_until: float | None = None
@@ -132,8 +131,8 @@ class Agent:
         self._request, self._complete = request, complete
         self.wake()
 
-    def add(self, event: Event) -> None:
-        self.pending.append(event)
+    def add(self, events: Sequence[Event]) -> None:
+        self.pending.extend(events)
         self.wake()
 
     def close(self) -> None:
@@ -152,13 +151,7 @@ class Agent:
 
     def wake(self) -> bool:
         """Request a run when there is something to do and nothing outstanding."""
-        if (
-            self.outstanding
-            or not self.pending
-            or not self.runnable
-            or self._request is None
-            or self.held()
-        ):
+        if self.outstanding or not self.pending or not self.runnable or self._request is None:
             return False
         until = self._budget_allows_at()
         if until is not None:
@@ -324,7 +317,6 @@ class Dispatcher:
         self.agents: dict[str, Agent] = {}
         self.running: dict[str, Invocation] = {}
         self.stopping = False
-        self.holding = False
         self._idle_waiters: list[asyncio.Future[None]] = []
         for agent in config.agents:
             self.mailbox(agent.name)
@@ -334,29 +326,15 @@ class Dispatcher:
         if agent is None:
             agent_config = self.config.agent(name)
             assert agent_config is not None, f"no agent {name}"
-            agent = Agent(agent_config, self.launch, self.publish, self._check_idle, self._is_held)
+            agent = Agent(agent_config, self.launch, self.publish, self._check_idle)
             self.agents[name] = agent
         return agent
-
-    def _is_held(self) -> bool:
-        return self.holding
-
-    def hold(self) -> None:
-        """Events routed from now on wait, so that one read from the stream (or the saved
-        events at start) becomes one batch per agent instead of a first event alone."""
-        self.holding = True
-
-    def release(self) -> None:
-        if self.holding:
-            self.holding = False
-            for agent in self.agents.values():
-                agent.wake()
 
     def route(self, event: Event) -> tuple[str, ...]:
         return self.matcher.match(event)
 
-    def routed(self, event: Event, names: tuple[str, ...]) -> None:
-        self.publish(EventRouted(event=event, agents=names))
+    def routed(self, routes: tuple[Route, ...]) -> None:
+        self.publish(EventsRouted(routes=routes))
 
     def launch(self, agent: Agent, batch: list[Event]) -> Observable[RunResult]:
         config = agent.config
@@ -474,7 +452,8 @@ class Dispatcher:
                 if isinstance(e, Event)
             ]
             agent.redelivered.update(kept.inflight & kept.pending.keys())
-            pairs += [(name, event) for event in events]
+            if events:
+                pairs.append((name, tuple(events)))
             if events:
                 again = len(agent.redelivered)
                 self.publish(
@@ -509,7 +488,7 @@ class Dispatcher:
             prompt=prompt.DEFAULT,
             enabled=False,
         )
-        agent = Agent(config, self.launch, self.publish, self._check_idle, self._is_held)
+        agent = Agent(config, self.launch, self.publish, self._check_idle)
         agent.removed = True
         self.agents[name] = agent
         return agent

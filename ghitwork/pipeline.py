@@ -1,7 +1,7 @@
 """The whole data flow on one screen.
 
-    tail-events stdout ──► events ──► fan_out(match) ─┐
-    saved events (state_dir, delivered first) ────────┴─► group_by(agent)
+    tail-events stdout ──► bursts of events ──► fan_out(match) ─┐
+    saved events (state_dir, delivered first) ──────────────────┴─► group_by(agent)
         ──► per agent: batch_while_busy (events wait while the agent is queued or working)
         ──► slots.merge() (at most `limit` runs at once, 0 = no cap) ──► run results
 
@@ -19,8 +19,9 @@ from reactivex import GroupedObservable, Observable
 from reactivex import operators as ops
 
 from ghitwork.events import Event
-from ghitwork.routing import Mailbox, Pair, Slots, batch_while_busy, fan_out
+from ghitwork.routing import Burst, Mailbox, Pair, Slots, batch_while_busy, fan_out
 from ghitwork.runner import RunResult
+from ghitwork.state import Route
 
 
 class Agents(Protocol):
@@ -28,13 +29,13 @@ class Agents(Protocol):
 
     def route(self, event: Event) -> tuple[str, ...]: ...
 
-    def routed(self, event: Event, names: tuple[str, ...]) -> None: ...
+    def routed(self, routes: tuple[Route, ...]) -> None: ...
 
     def mailbox(self, name: str) -> Mailbox: ...
 
 
 def dispatch(
-    events: Observable[Event],
+    events: Observable[Burst],
     agents: Agents,
     slots: Slots,
     injected: Observable[Pair] | None = None,

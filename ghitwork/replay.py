@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+import orjson
+
 from ghitwork.scopes import covering
 
 POLL = 0.05
@@ -134,7 +136,7 @@ def replay(args: argparse.Namespace, out: IO[bytes], err: IO[str]) -> int:
         printed = 0
         for line in source:
             try:
-                obj = json.loads(line)
+                obj = orjson.loads(line)
             except ValueError:
                 obj = None
             verdict = wanted(obj, scopes, kinds, args.last_event_id)

@@ -7,7 +7,7 @@ tested on its own in virtual time.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 from reactivex import Observable, abc
@@ -16,9 +16,11 @@ from reactivex.disposable import CompositeDisposable, SingleAssignmentDisposable
 from ghitwork.config import AgentConfig
 from ghitwork.events import Event
 from ghitwork.scopes import covering
+from ghitwork.state import Route
 
 _T = TypeVar("_T")
-Pair = tuple[str, Event]
+Burst = Sequence[Event]  # the events of one read from the stream, in id order
+Pair = tuple[str, tuple[Event, ...]]  # an agent and its events of one burst
 
 
 class Matcher:
@@ -46,52 +48,69 @@ class Matcher:
                 scopes.setdefault(scope, set()).add(agent.name)
         self.by_kind = {k: frozenset(v) for k, v in kinds.items()}
         self.by_scope = {k: frozenset(v) for k, v in scopes.items()}
-        self._cache: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+        self._cache: dict[str, frozenset[str]] = {}
 
     def match(self, event: Event) -> tuple[str, ...]:
         """The agents for `event`, in config order; never the event's own actor."""
-        key = (event.kind, event.scopes)
-        names = self._cache.get(key)
-        if names is None:
-            names = self._match(*key)
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[key] = names
-        actor = event.actor
-        if actor is None or not names:
-            return names
-        usernames = self.usernames
-        return tuple(name for name in names if usernames[name] != actor)
-
-    def _match(self, kind: str, scopes: tuple[str, ...]) -> tuple[str, ...]:
-        by_kind = self.by_kind.get(kind)
+        by_kind = self.by_kind.get(event.kind)
         if not by_kind:
             return ()
-        found: set[str] = set()
-        for scope in scopes:
-            for cover in covering(scope):
-                agents = self.by_scope.get(cover)
-                if agents:
-                    found |= agents & by_kind
+        scopes = event.scopes
+        if len(scopes) == 1:
+            covered = self._covered(scopes[0])
+        else:
+            covered = frozenset().union(*(self._covered(scope) for scope in scopes))
+        found: frozenset[str] | set[str] = by_kind & covered
+        if not found:
+            return ()
+        actor = event.actor
+        if actor is not None:
+            usernames = self.usernames
+            found = {name for name in found if usernames[name] != actor}
+        if len(found) == 1:
+            return tuple(found)
         return tuple(sorted(found, key=self.order.__getitem__))
+
+    def _covered(self, scope: str) -> frozenset[str]:
+        """Every agent subscribed to `scope` or to a scope above it (cached per scope)."""
+        agents = self._cache.get(scope)
+        if agents is None:
+            agents = frozenset().union(
+                *(self.by_scope.get(cover, frozenset()) for cover in covering(scope))
+            )
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[scope] = agents
+        return agents
 
 
 def fan_out(
     match: Callable[[Event], tuple[str, ...]],
-    routed: Callable[[Event, tuple[str, ...]], None] | None = None,
-) -> Callable[[Observable[Event]], Observable[Pair]]:
-    """Event -> one (agent, event) pair per matching agent, without an observable per event."""
+    routed: Callable[[tuple[Route, ...]], None] | None = None,
+) -> Callable[[Observable[Burst]], Observable[Pair]]:
+    """A burst of events -> one (agent, its events) pair per agent that matches any of them.
 
-    def operator(source: Observable[Event]) -> Observable[Pair]:
+    The stream is handled a read at a time, not an event at a time: a catch-up of 100,000
+    events costs a few thousand Rx hops instead of hundreds of thousands, and each agent
+    gets the events of one read as one batch. No observable is made per event.
+    """
+
+    def operator(source: Observable[Burst]) -> Observable[Pair]:
         def subscribe(
             observer: abc.ObserverBase[Pair], scheduler: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
-            def on_next(event: Event) -> None:
-                names = match(event)
+            def on_next(burst: Burst) -> None:
+                per_agent: dict[str, list[Event]] = {}
+                routes = []
+                for event in burst:
+                    names = match(event)
+                    routes.append((event, names))
+                    for name in names:
+                        per_agent.setdefault(name, []).append(event)
                 if routed is not None:
-                    routed(event, names)
-                for name in names:
-                    observer.on_next((name, event))
+                    routed(tuple(routes))
+                for name, events in per_agent.items():
+                    observer.on_next((name, tuple(events)))
 
             return source.subscribe(
                 on_next, observer.on_error, observer.on_completed, scheduler=scheduler
@@ -109,7 +128,7 @@ class Mailbox(Protocol):
         self, request: Callable[[Observable[_T]], None], complete: Callable[[], None]
     ) -> None: ...
 
-    def add(self, event: Event) -> None: ...
+    def add(self, events: Sequence[Event]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -130,7 +149,7 @@ def batch_while_busy(
         ) -> abc.DisposableBase:
             mailbox.attach(observer.on_next, observer.on_completed)
             return source.subscribe(
-                lambda pair: mailbox.add(pair[1]),
+                lambda pair: mailbox.add(pair[1]),  # the agent's events of one burst
                 observer.on_error,
                 mailbox.close,
                 scheduler=scheduler,

@@ -72,13 +72,12 @@ class TailSource:
         cwd: Path,
         env: Mapping[str, str],
         bus: StateBus,
-        emit: Callable[[Event], None],
+        emit: Callable[[list[Event]], None],
         drain: bool,
         window: Callable[[], float],
         cursor: int | None = None,
         rng: random.Random | None = None,
         active: Callable[[], bool] = lambda: True,
-        on_burst: Callable[[], None] = lambda: None,
     ) -> None:
         self.argv = argv
         self.cwd = cwd
@@ -90,7 +89,6 @@ class TailSource:
         self.cursor = cursor
         self.rng = rng or random.Random()
         self.active = active
-        self.on_burst = on_burst
         self.events_seen = 0
         self.duplicates = 0
         self._process: asyncio.subprocess.Process | None = None
@@ -191,6 +189,7 @@ class TailSource:
         return status, f"exit status {status}: {reason}"
 
     async def _read_stdout(self, stdout: asyncio.StreamReader) -> None:
+        """Each read becomes one burst: its new events are emitted together."""
         decoder = Decoder()
         rest = b""
         skipping = False  # inside an over-long line: drop bytes until its newline
@@ -203,24 +202,29 @@ class TailSource:
             if skipping and lines:
                 lines.pop(0)
                 skipping = False
+            burst: list[Event] = []
             for line in lines:
                 for item in decoder.feed(line):
-                    self._deliver(item)
-            self.on_burst()
+                    self._accept(item, burst)
             if len(rest) > MAX_OBJECT_BYTES:
                 if not skipping:
-                    self._deliver(
-                        Malformed(f"line longer than {MAX_OBJECT_BYTES} bytes", excerpt(rest))
+                    self._accept(
+                        Malformed(f"line longer than {MAX_OBJECT_BYTES} bytes", excerpt(rest)),
+                        burst,
                     )
                 skipping, rest = True, b""
+            if burst:
+                self.emit(burst)
+        burst = []
         if rest and not skipping:
             for item in decoder.feed(rest):
-                self._deliver(item)
+                self._accept(item, burst)
         for item in decoder.close():
-            self._deliver(item)
-        self.on_burst()
+            self._accept(item, burst)
+        if burst:
+            self.emit(burst)
 
-    def _deliver(self, item: Event | Malformed) -> None:
+    def _accept(self, item: Event | Malformed, burst: list[Event]) -> None:
         if isinstance(item, Malformed):
             self.bus.publish(EventSkipped(malformed=item))
             return
@@ -229,7 +233,7 @@ class TailSource:
             return
         self.cursor = item.id
         self.events_seen += 1
-        self.emit(item)
+        burst.append(item)
 
     async def _read_stderr(self, stderr: asyncio.StreamReader, last: list[str]) -> None:
         while True:

@@ -73,12 +73,14 @@ class RunFinished(Change):
     queue: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EventRouted(Change):
-    """An event read from the stream, and the agents it went to (maybe none)."""
+Route = tuple[Event, tuple[str, ...]]  # an event and the agents it went to (maybe none)
 
-    event: Event
-    agents: tuple[str, ...]
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventsRouted(Change):
+    """The events of one read from the stream, in order, each with the agents it went to."""
+
+    routes: tuple[Route, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,12 +15,13 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from ghitwork.durations import format_duration
+from ghitwork.events import Event
 from ghitwork.state import (
     AgentChanged,
     AgentState,
     Change,
-    EventRouted,
     EventSkipped,
+    EventsRouted,
     Level,
     Notice,
     RunFinished,
@@ -61,6 +62,24 @@ def id_ranges(ids: Sequence[int], most: int = 8) -> str:
 
 def _events(count: int) -> str:
     return f"{count} event" + ("" if count == 1 else "s")
+
+
+def routed_line(event: Event, agents: tuple[str, ...]) -> Line:
+    """The debug line of one event read from the stream."""
+    who = ", ".join(agents) if agents else "no agent"
+    by = f" by {event.actor}" if event.actor else ""
+    return Line(
+        Level.DEBUG,
+        "event.routed",
+        f"event {event.id} {event.kind}{by} in {' '.join(event.scopes)} -> {who}",
+        {
+            "event_id": event.id,
+            "kind": event.kind,
+            "actor": event.actor,
+            "scopes": list(event.scopes),
+            "agents": list(agents),
+        },
+    )
 
 
 def describe(change: Change) -> Line | None:
@@ -142,22 +161,6 @@ def describe(change: Change) -> Line | None:
                 "to": str(change.new),
                 "queue": change.queue,
                 "reason": change.reason,
-            },
-        )
-    if isinstance(change, EventRouted):
-        event = change.event
-        who = ", ".join(change.agents) if change.agents else "no agent"
-        by = f" by {event.actor}" if event.actor else ""
-        return Line(
-            Level.DEBUG,
-            "event.routed",
-            f"event {event.id} {event.kind}{by} in {' '.join(event.scopes)} -> {who}",
-            {
-                "event_id": event.id,
-                "kind": event.kind,
-                "actor": event.actor,
-                "scopes": list(event.scopes),
-                "agents": list(change.agents),
             },
         )
     if isinstance(change, EventSkipped):
@@ -245,12 +248,17 @@ class StatusWriter:
         return LEVELS[level] >= self.threshold
 
     def __call__(self, change: Change) -> None:
-        if isinstance(change, EventRouted) and self.threshold > LEVELS[Level.DEBUG]:
-            return  # the per-event path stays cheap unless debugging
-        line = describe(change)
-        if line is None or not self.enabled(line.level):
+        if isinstance(change, EventsRouted):
+            if self.threshold <= LEVELS[Level.DEBUG]:  # the per-event path stays cheap
+                for event, agents in change.routes:
+                    self._write(change.at, routed_line(event, agents))
             return
-        self.stream.write(self.format(change.at, line) + "\n")
+        line = describe(change)
+        if line is not None and self.enabled(line.level):
+            self._write(change.at, line)
+
+    def _write(self, moment: float, line: Line) -> None:
+        self.stream.write(self.format(moment, line) + "\n")
         self.stream.flush()
 
     def format(self, moment: float, line: Line) -> str:

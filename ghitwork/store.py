@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 VERSION = 1
-MIN_COMPACT_BYTES = 1024 * 1024
+MIN_COMPACT_BYTES = 16 * 1024 * 1024
 
 
 class StateDirError(Exception):
@@ -128,6 +128,8 @@ class Store:
         self._journal: IO[bytes] | None = None
         self._lock: IO[str] | None = None
         self._buffer: list[bytes] = []
+        self._unsynced = False
+        self._agents_json: dict[tuple[str, ...], bytes] = {}
 
     # -- opening
     def open(self) -> Saved:
@@ -217,30 +219,47 @@ class Store:
 
     def record_event(self, raw: bytes, agents: Iterable[str]) -> None:
         """An event routed to agents, journaled with the bytes tail-events printed."""
-        to = json.dumps(list(agents), separators=(",", ":")).encode()
-        self._buffer.append(b'{"to":' + to + b',"e":' + raw.replace(b"\n", b" ") + b"}\n")
+        key = tuple(agents)
+        prefix = self._agents_json.get(key)
+        if prefix is None:
+            to = json.dumps(list(key), separators=(",", ":")).encode()
+            prefix = self._agents_json[key] = b'{"to":' + to + b',"e":'
+        if b"\n" in raw:
+            raw = raw.replace(b"\n", b" ")  # pretty-printed: newlines are only whitespace
+        self._buffer.append(prefix + raw + b"}\n")
 
     @property
     def dirty(self) -> bool:
         return bool(self._buffer)
 
-    def flush(self) -> None:
-        """One write and one fsync for everything recorded since the last flush."""
-        if not self._buffer or self._journal is None:
+    def flush(self, sync: bool = True) -> None:
+        """One write for everything recorded since the last flush, and an fsync unless the
+        caller syncs later (`sync()`): the journal is ordered, so a late fsync only means a
+        crash replays a little more from tail-events, never that an event is skipped."""
+        if self._journal is None:
             return
-        data = b"".join(self._buffer)
-        self._buffer.clear()
-        self._journal.write(data)
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
-        self.journal_bytes += len(data)
+        if self._buffer:
+            data = b"".join(self._buffer)
+            self._buffer.clear()
+            self._journal.write(data)
+            self._journal.flush()
+            self.journal_bytes += len(data)
+            self._unsynced = True
+        if sync:
+            self.sync()
+
+    def sync(self) -> None:
+        if self._unsynced and self._journal is not None:
+            os.fsync(self._journal.fileno())
+            self._unsynced = False
 
     def wants_compaction(self) -> bool:
-        return self.journal_bytes > max(MIN_COMPACT_BYTES, 2 * self.snapshot_bytes)
+        return self.journal_bytes > max(MIN_COMPACT_BYTES, 4 * self.snapshot_bytes)
 
     def compact(self, saved: Saved) -> None:
         """Write `saved` as the snapshot of a new generation, and start its empty journal."""
         self._buffer.clear()  # everything buffered is part of `saved`
+        self._unsynced = False
         generation = self.generation + 1
         data = json.dumps(_snapshot(saved, generation), separators=(",", ":")).encode()
         tmp = self.dir / ".state.json.tmp"

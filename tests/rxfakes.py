@@ -19,7 +19,7 @@ from ghitwork.durations import parse_budget
 from ghitwork.events import Event
 from ghitwork.routing import Matcher, Slots
 from ghitwork.runner import RunResult
-from ghitwork.state import Change
+from ghitwork.state import Change, Route
 
 
 def agent_config(
@@ -96,7 +96,7 @@ class FakeAgents:
     def route(self, event: Event) -> tuple[str, ...]:
         return self.matcher.match(event)
 
-    def routed(self, event: Event, names: tuple[str, ...]) -> None:
+    def routed(self, routes: tuple[Route, ...]) -> None:
         pass
 
     def mailbox(self, name: str) -> Agent:
@@ -139,7 +139,8 @@ def run_flow(
 ) -> list[RunResult]:
     """Feed events at virtual times through pipeline.dispatch; return the results seen."""
     scheduler = agents.scheduler
-    messages = [ReactiveTest.on_next(int(t), e) for t, e in sorted(arrivals, key=lambda p: p[0])]
+    # Each arrival is one read from the stream (a burst of one event).
+    messages = [ReactiveTest.on_next(int(t), [e]) for t, e in sorted(arrivals, key=lambda p: p[0])]
     source = scheduler.create_hot_observable(*messages)
     flow = pipeline.dispatch(source, agents, slots or Slots(limit))
     flow.subscribe(agents.results.append, lambda error: agents.results.append(error))  # type: ignore[arg-type]

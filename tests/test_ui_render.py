@@ -16,8 +16,8 @@ from ghitwork.state import (
     AgentChanged,
     AgentState,
     ConfigApplied,
-    EventRouted,
     EventSkipped,
+    EventsRouted,
     RunFinished,
     RunStarted,
     SourceRetry,
@@ -72,7 +72,7 @@ def model() -> DashboardModel:
             ("thread:teams/ghit/ghit/39",),
             {"id": ident, "kind": kind, "summary": {"thread_title": title}},
         )
-        m(EventRouted(event=event, agents=agents, at=NOW))
+        m(EventsRouted(routes=((event, agents),), at=NOW))
     m(AgentChanged(agent="codex", old=AgentState.IDLE, new=AgentState.QUEUED, queue=1, at=NOW - 20))
     m(
         RunStarted(
