@@ -253,6 +253,20 @@ class Store:
             os.fsync(self._journal.fileno())
             self._unsynced = False
 
+    def sync_later(self) -> Callable[[], None] | None:
+        """Take the pending fsync out of the store: a function to run off the event loop
+        (an fsync can take milliseconds, and the loop must keep dispatching meanwhile)."""
+        if not self._unsynced or self._journal is None:
+            return None
+        self._unsynced = False
+        fd = self._journal.fileno()
+
+        def fsync() -> None:
+            with contextlib.suppress(OSError):  # the journal was closed by a compaction
+                os.fsync(fd)
+
+        return fsync
+
     def wants_compaction(self) -> bool:
         return self.journal_bytes > max(MIN_COMPACT_BYTES, 4 * self.snapshot_bytes)
 
