@@ -8,6 +8,7 @@ import sys
 
 
 def covering(scope: str) -> list[str]:
+    # Written out again on purpose (data.py has the same): the baseline stands alone.
     form, _, rest = scope.partition(":")
     out = [scope]
     locator = rest.rpartition("/")[0] if form == "thread" else rest if form == "repo" else ""

@@ -18,6 +18,9 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from data import covering
+
 BIN = Path(sys.executable).parent
 AGENTS = {
     "team": (["team:ghit"], ["reply-created", "pull-created"]),
@@ -53,18 +56,6 @@ TAIL = """\
 n=$(( $(od -An -N1 -tu1 /dev/urandom) % 40 + 1 ))
 exec {replay} "$@" --follow --exit-after "$n" --exit-status 1
 """
-
-
-def covering(scope: str) -> list[str]:
-    form, _, rest = scope.partition(":")
-    out = [scope]
-    locator = rest.rpartition("/")[0] if form == "thread" else rest if form == "repo" else ""
-    if form == "thread":
-        out.append(f"repo:{locator}")
-    parts = locator.split("/")
-    if len(parts) >= 3 and parts[0] == "teams":
-        out.append(f"team:{parts[1]}")
-    return out
 
 
 def expected(events: list[dict[str, object]]) -> dict[str, list[int]]:

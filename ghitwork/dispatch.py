@@ -356,13 +356,11 @@ class Dispatcher:
             message = (
                 f"prompt template {config.prompt.origin} failed: {prompt.describe_error(error)}"
             )
-            self.publish(
-                Notice(
-                    level=Level.ERROR,
-                    topic="template",
-                    agent=agent.name,
-                    message=f"{message}; {len(batch)} event(s) stay queued until a reload fixes it",
-                )
+            self._notice(
+                Level.ERROR,
+                "template",
+                f"{message}; {len(batch)} event(s) stay queued until a reload fixes it",
+                agent.name,
             )
             raise CannotStart(message) from None
         if resumed:
@@ -396,9 +394,7 @@ class Dispatcher:
 
     def _forwarder(self, name: str) -> Callable[[str, str], None]:
         def forward(stream: str, line: str) -> None:
-            self.publish(
-                Notice(level=Level.INFO, topic=f"agent.{stream}", agent=name, message=line)
-            )
+            self._notice(Level.INFO, f"agent.{stream}", line, name)
 
         return forward
 
@@ -452,28 +448,17 @@ class Dispatcher:
                 if isinstance(e, Event)
             ]
             agent.redelivered.update(kept.inflight & kept.pending.keys())
-            if events:
-                pairs.append((name, tuple(events)))
-            if events:
-                again = len(agent.redelivered)
-                self.publish(
-                    Notice(
-                        level=Level.INFO,
-                        topic="restore",
-                        agent=name,
-                        message=f"{len(events)} saved event(s) to deliver first"
-                        + (
-                            f", {again} of them redelivered (their run did not finish)"
-                            if again
-                            else ""
-                        )
-                        + (
-                            ""
-                            if agent.config.enabled
-                            else "; the agent is not enabled in the config, so they stay saved"
-                        ),
-                    )
+            if not events:
+                continue
+            pairs.append((name, tuple(events)))
+            message = f"{len(events)} saved event(s) to deliver first"
+            if agent.redelivered:
+                message += (
+                    f", {len(agent.redelivered)} of them redelivered (their run did not finish)"
                 )
+            if not agent.config.enabled:
+                message += "; the agent is not enabled in the config, so they stay saved"
+            self._notice(Level.INFO, "restore", message, name)
         return pairs
 
     def _removed_agent(self, name: str) -> Agent:
@@ -535,24 +520,23 @@ class Dispatcher:
                 agent.removed = True
                 agent.reconfigure(replace(agent.config, enabled=False))
                 removed.append(name)
-        self.publish(
-            Notice(
-                level=Level.INFO,
-                topic="reload",
-                message=f"config reloaded: {len(config.enabled_agents)} of {len(config.agents)} "
-                f"agents enabled; added: {', '.join(added) or 'none'}; removed: "
-                f"{', '.join(removed) or 'none'}",
-            )
+        self._notice(
+            Level.INFO,
+            "reload",
+            f"config reloaded: {len(config.enabled_agents)} of {len(config.agents)} "
+            f"agents enabled; added: {', '.join(added) or 'none'}; removed: "
+            f"{', '.join(removed) or 'none'}",
         )
         for name, agent in self.agents.items():
             if agent.pending and not agent.config.enabled:
                 what = "removed" if agent.removed else "disabled"
-                self.publish(
-                    Notice(
-                        level=Level.WARNING,
-                        topic="reload",
-                        agent=name,
-                        message=f"{what}: its {len(agent.pending)} queued event(s) are kept in "
-                        "state_dir and delivered if it comes back",
-                    )
+                self._notice(
+                    Level.WARNING,
+                    "reload",
+                    f"{what}: its {len(agent.pending)} queued event(s) are kept in "
+                    "state_dir and delivered if it comes back",
+                    name,
                 )
+
+    def _notice(self, level: Level, topic: str, message: str, agent: str | None = None) -> None:
+        self.publish(Notice(level=level, topic=topic, message=message, agent=agent))
