@@ -35,7 +35,10 @@ from data import expected, make_agents, make_events, write_config, write_events
 BIN = Path(sys.executable).parent
 GHIT_WORK = str(BIN / "ghit-work")
 REPLAY = str(BIN / "ghit-work-replay")
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+# As users run it: buffered output, and bytecode cached after the first start.
+ENV = {
+    k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE")
+}
 RECORD_CMD = ["sh", "-c", 'cat >> "$RECORD"']
 ROWS: list[tuple[str, str, str, str, str]] = []
 

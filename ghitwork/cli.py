@@ -13,17 +13,19 @@ import traceback
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from ghitwork import __version__
 from ghitwork.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from ghitwork.daemon import Daemon, Exit
-from ghitwork.dashboard import DashboardModel
 from ghitwork.durations import DurationError, format_duration, parse_duration
 from ghitwork.reaper import become_init_if_pid1
 from ghitwork.source import tail_command
 from ghitwork.state import Level, StateBus
 from ghitwork.status import StatusWriter
+
+if TYPE_CHECKING:
+    from ghitwork.dashboard import DashboardModel
 
 PROG = "ghit-work"
 
@@ -231,6 +233,8 @@ def run(config: Config, args: argparse.Namespace, err: TextIO) -> int:
     daemon = Daemon(config, bus, drain=args.drain, reload=reload)
     if not args.tui:
         return int(asyncio.run(daemon.run()))
+    from ghitwork.dashboard import DashboardModel  # only with --tui: start-up matters
+
     model = DashboardModel(Level(args.log_level), secrets=secrets)
     bus.changes.subscribe(model)
     return int(asyncio.run(_with_dashboard(daemon, model)))

@@ -63,7 +63,7 @@ class AgentConfig:
 class Config:
     path: Path
     agents: tuple[AgentConfig, ...]
-    prompt: PromptTemplate = prompt.DEFAULT
+    prompt: PromptTemplate = field(default_factory=prompt.default)
     retry: float = DEFAULT_RETRY
     limit: int = 0
     tail_cmd: tuple[str, ...] = DEFAULT_TAIL_CMD
@@ -293,7 +293,7 @@ class _Reader:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise self.fail("ghit-work.limit", f"expected an integer 0 or more, got {_kind(limit)}")
         budget = self.budget(top["budget"], "ghit-work.budget") if "budget" in top else None
-        default_prompt = self.prompt(top, "ghit-work", prompt.DEFAULT)
+        default_prompt = self.prompt(top, "ghit-work", prompt.default())
         agents_table = self.table(data.get("agents", {}), "agents")
         if not agents_table:
             raise self.fail("agents", "no agent defined; add an [agents.NAME] table")

@@ -470,7 +470,7 @@ class Dispatcher:
             event_scopes=(),
             event_kinds=(),
             workdir=Path("."),
-            prompt=prompt.DEFAULT,
+            prompt=prompt.default(),
             enabled=False,
         )
         agent = Agent(config, self.launch, self.publish, self._check_idle)

@@ -77,7 +77,10 @@ def file_template(path: Path) -> PromptTemplate:
     return PromptTemplate(str(path), env.from_string(source))
 
 
-DEFAULT = inline_template(DEFAULT_TEMPLATE, "built-in template")
+@lru_cache(maxsize=1)
+def default() -> PromptTemplate:
+    """The built-in template, compiled on first use (not at import: start-up matters)."""
+    return inline_template(DEFAULT_TEMPLATE, "built-in template")
 
 
 def describe_error(error: Exception) -> str:

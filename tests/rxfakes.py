@@ -37,7 +37,7 @@ def agent_config(
         event_scopes=tuple(scopes),
         event_kinds=tuple(kinds),
         workdir=Path("."),
-        prompt=prompt.DEFAULT,
+        prompt=prompt.default(),
         enabled=enabled,
         budget=parse_budget(budget) if budget else None,
     )
