@@ -24,7 +24,7 @@ from reactivex import operators as ops
 
 from ghitwork import prompt
 from ghitwork.config import AgentConfig, Config
-from ghitwork.durations import format_duration
+from ghitwork.durations import MAX_BUDGET_RUNS, format_duration
 from ghitwork.events import Event, to_event
 from ghitwork.routing import Matcher, Pair
 from ghitwork.runner import Invocation, RunResult, agent_environment
@@ -42,7 +42,7 @@ from ghitwork.state import (
 from ghitwork.store import Saved, SavedAgent
 
 RECENT_RUNS = 20
-RECENT_STARTS = 1000  # run start times kept (for run budgets)
+RECENT_STARTS = MAX_BUDGET_RUNS  # run start times kept (enough for any run budget)
 
 
 Schedule = Callable[[float, Callable[[], None]], Callable[[], None]]

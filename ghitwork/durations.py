@@ -54,6 +54,9 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
+MAX_BUDGET_RUNS = 1000  # run start times kept per agent cover any budget up to this
+
+
 @dataclass(frozen=True, slots=True)
 class Budget:
     """At most `runs` invocations start in any rolling `window` seconds."""
@@ -77,6 +80,10 @@ def parse_budget(value: object) -> Budget:
     runs = int(count)
     if runs < 1:
         raise DurationError(f'"{value}" allows no run at all; the count must be 1 or more')
+    if runs > MAX_BUDGET_RUNS:
+        raise DurationError(
+            f'"{value}" is no guard: at most {MAX_BUDGET_RUNS} runs per window (shorten the window)'
+        )
     try:
         seconds = parse_duration(window.strip())
     except DurationError:

@@ -17,7 +17,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -102,7 +102,9 @@ def wanted(obj: object, scopes: set[str], kinds: set[str], after: int | None) ->
     return any(cover in scopes for scope in event_scopes for cover in covering(str(scope)))
 
 
-def lines(path: Path, follow: bool) -> Iterator[bytes]:
+def lines(path: Path, follow: bool, caught_up: Callable[[], None]) -> Iterator[bytes]:
+    """The file's lines; with `follow`, then the lines appended later. `caught_up()` runs
+    each time the end of the file is reached, before waiting for more."""
     with open(path, "rb") as handle:
         partial = b""
         while True:
@@ -117,6 +119,7 @@ def lines(path: Path, follow: bool) -> Iterator[bytes]:
                     yield partial + b"\n"
                 return
             else:
+                caught_up()
                 time.sleep(POLL)
 
 
@@ -132,7 +135,9 @@ def replay(args: argparse.Namespace, out: IO[bytes], err: IO[str]) -> int:
         return 2
     kinds = set(args.kind)
     try:
-        source = lines(args.file, args.follow)
+        # Output is flushed whenever the file has no more to give: what was recorded together
+        # arrives together, like a burst from a server.
+        source = lines(args.file, args.follow, out.flush)
         printed = 0
         for line in source:
             try:
@@ -148,7 +153,7 @@ def replay(args: argparse.Namespace, out: IO[bytes], err: IO[str]) -> int:
                 out.write(json.dumps(obj, indent=2).encode() + b"\n")
             else:
                 out.write(line)
-            if args.follow or args.delay or args.exit_after is not None:
+            if args.delay or args.exit_after is not None:
                 out.flush()
             if verdict:
                 printed += 1

@@ -50,7 +50,9 @@ def test_budgets_parse_count_and_window() -> None:
     assert str(parse_budget("3/90s")) == "3/1m30s"
 
 
-@pytest.mark.parametrize("text", ["20 per hour", "0/1h", "x/1h", "5/", "5/0s", "5/soon", 5])
+@pytest.mark.parametrize(
+    "text", ["20 per hour", "0/1h", "x/1h", "5/", "5/0s", "5/soon", 5, "1001/1d"]
+)
 def test_bad_budgets_are_rejected(text: object) -> None:
     with pytest.raises(DurationError):
         parse_budget(text)
