@@ -180,8 +180,7 @@ class Daemon:
             f"gave up: the stream was not healthy again within the {self.config.retry:g}s "
             "retry window; exiting with status 3 for the supervisor to restart ghit-work",
         )
-        for agent in self.dispatcher.agents.values():
-            agent.stopping = True
+        self.dispatcher.refuse_new_runs()
         idle = asyncio.ensure_future(self.dispatcher.wait_idle())
         stop_task = asyncio.ensure_future(self._stop_requested.wait())
         await asyncio.wait([idle, stop_task], return_when=asyncio.FIRST_COMPLETED)

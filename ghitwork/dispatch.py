@@ -41,7 +41,6 @@ from ghitwork.state import (
 )
 from ghitwork.store import Saved, SavedAgent
 
-RECENT_RUNS = 20
 RECENT_STARTS = MAX_BUDGET_RUNS  # run start times kept (enough for any run budget)
 
 
@@ -87,7 +86,6 @@ class Agent:
         self.name = config.name
         self.clock = clock
         self.schedule = schedule or call_later
-        self.throttled_until: float | None = None
         self._release: Callable[[], None] | None = None
         self.run_scopes: deque[tuple[float, tuple[str, ...]]] = deque(maxlen=RECENT_STARTS)
         self.config = config
@@ -96,8 +94,6 @@ class Agent:
         self.session_id: str | None = None
         self.state = AgentState.IDLE if config.enabled else AgentState.DISABLED
         self.batch: tuple[Event, ...] = ()
-        self.recent: deque[RunResult] = deque(maxlen=RECENT_RUNS)
-        self.problem = ""  # why the agent is failing, until a reload or a good run
         self.outstanding = False  # a run is requested (queued for a slot) or working
         self.stopping = False
         self.removed = False  # not in the config any more (kept for its saved events)
@@ -120,7 +116,6 @@ class Agent:
         if not config.enabled:
             self._set(AgentState.DISABLED)
         elif self.state in (AgentState.DISABLED, AgentState.FAILING):
-            self.problem = ""
             self._set(AgentState.IDLE)
         self.wake()
 
@@ -175,7 +170,6 @@ class Agent:
         return recent[-budget.runs] + budget.window
 
     def _throttle(self, until: float) -> None:
-        self.throttled_until = until
         delay = max(0.0, until - self.clock())
         budget = self.config.budget
         reason = (
@@ -203,7 +197,6 @@ class Agent:
         self._release = None
         if self.state is not AgentState.THROTTLED:
             return
-        self.throttled_until = None
         self._set(AgentState.IDLE)
         if not self.wake():
             self._complete_if_done()
@@ -212,7 +205,6 @@ class Agent:
         if self._release is not None:
             self._release()
             self._release = None
-        self.throttled_until = None
 
     def _start(self) -> Observable[RunResult]:
         """The run got its slot: take every pending event as the batch, now."""
@@ -227,7 +219,6 @@ class Agent:
         except CannotStart as error:
             self.pending[:0] = batch
             self.outstanding = False
-            self.problem = str(error)
             self._set(AgentState.FAILING, str(error))
             self._complete_if_done()
             return reactivex.empty()
@@ -269,8 +260,6 @@ class Agent:
             self.session_id = result.session_id
         elif result.resumed and not result.ok:
             self.session_id = None  # the resumed session is gone: start fresh next time
-        self.recent.append(result)
-        self.problem = "" if result.ok else result.describe()
         self.outstanding = False
         self.state = AgentState.IDLE if self.config.enabled else AgentState.DISABLED
         self._publish(
@@ -316,7 +305,6 @@ class Dispatcher:
         self.matcher = Matcher(config.agents)
         self.agents: dict[str, Agent] = {}
         self.running: dict[str, Invocation] = {}
-        self.stopping = False
         self._idle_waiters: list[asyncio.Future[None]] = []
         for agent in config.agents:
             self.mailbox(agent.name)
@@ -408,11 +396,14 @@ class Dispatcher:
         invocation.terminate(reason, requeue)
         return invocation.pid
 
-    async def stop(self) -> None:
-        """No new runs; terminate the running ones and wait until every agent is idle."""
-        self.stopping = True
+    def refuse_new_runs(self) -> None:
+        """No agent starts a run from now on; requests waiting for a slot fall through."""
         for agent in self.agents.values():
             agent.stopping = True
+
+    async def stop(self) -> None:
+        """No new runs; terminate the running ones and wait until every agent is idle."""
+        self.refuse_new_runs()
         for name in list(self.running):
             self.terminate(name, "ghit-work is stopping", requeue=True)
         await self.wait_idle()

@@ -90,7 +90,6 @@ class TailSource:
         self.rng = rng or random.Random()
         self.active = active
         self.events_seen = 0
-        self.duplicates = 0
         self._process: asyncio.subprocess.Process | None = None
         self._stopped = False
         self._restart = False
@@ -229,8 +228,7 @@ class TailSource:
             self.bus.publish(EventSkipped(malformed=item))
             return
         if self.cursor is not None and item.id <= self.cursor:
-            self.duplicates += 1
-            return
+            return  # at or below the cursor: already delivered (a reconnect replays around it)
         self.cursor = item.id
         self.events_seen += 1
         burst.append(item)
