@@ -15,8 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
-from ghitwork import __version__
-from ghitwork.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from ghitwork import __version__, deadletters
+from ghitwork.config import DEFAULT_CONFIG, Config, ConfigError, command_problems, load_config
 from ghitwork.daemon import Daemon, Exit
 from ghitwork.durations import DurationError, format_duration, parse_duration
 from ghitwork.reaper import become_init_if_pid1
@@ -66,7 +66,7 @@ def _options(parser: argparse.ArgumentParser, command: str | None) -> None:
         default=default or Path(DEFAULT_CONFIG),
         help=f"config file (default: ./{DEFAULT_CONFIG})",
     )
-    if command == "init":
+    if command in ("init", "dead-letters", "redeliver"):
         return
     parser.add_argument(
         "--retry",
@@ -113,12 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _options(parser, None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers = {}
     for name, text in (
         ("init", "write a commented example config (and its prompt template)"),
         ("check", "validate the config, print the agents and the tail-events command"),
+        ("dead-letters", "list the batches that failed every attempt"),
+        ("redeliver", "hand dead letters back to their agents"),
     ):
-        _options(commands.add_parser(name, help=text, description=text), name)
+        subparsers[name] = commands.add_parser(name, help=text, description=text)
+        _options(subparsers[name], name)
+    subparsers["dead-letters"].add_argument(
+        "--json", action="store_true", help="one JSON object per line"
+    )
+    redeliver = subparsers["redeliver"]
+    redeliver.add_argument("ids", nargs="*", type=_dead_letter_id, metavar="ID")
+    redeliver.add_argument("--all", action="store_true", help="every dead letter")
+    redeliver.add_argument("--agent", metavar="NAME", help="only this agent's dead letters")
     return parser
+
+
+def _dead_letter_id(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a dead letter id (a number)")
+    return int(text)
 
 
 def main(
@@ -132,8 +149,18 @@ def main(
         debug = args.log_level == "debug"
         if args.command == "init":
             return init(args.config, out)
+        if args.command in ("dead-letters", "redeliver"):
+            state_dir = load_config(args.config).state_dir
+            if args.command == "dead-letters":
+                return deadletters.list_command(state_dir, args.json, out)
+            if bool(args.all) == bool(args.ids):
+                raise UsageError("redeliver takes dead letter ids or --all (not both)")
+            return deadletters.redeliver_command(state_dir, args.ids, args.agent, out, err)
         config = load_config(args.config).with_overrides(args.retry, args.limit)
         if args.command == "check":
+            problems = command_problems(config)
+            if problems:
+                raise problems[0]
             check(config, out)
             return Exit.OK
         return run(config, args, err)
@@ -200,6 +227,8 @@ def check(config: Config, out: TextIO) -> None:
         print(f"    scopes:   {', '.join(agent.event_scopes)}", file=out)
         print(f"    kinds:    {', '.join(agent.event_kinds)}", file=out)
         print(f"    budget:   {agent.budget or 'none'}", file=out)
+        backoff = format_duration(agent.run_backoff)
+        print(f"    attempts: {agent.run_attempts} (backoff {backoff}, doubling)", file=out)
         print(
             f"    timeout:  {format_duration(agent.timeout) if agent.timeout else 'none'}", file=out
         )
@@ -245,7 +274,11 @@ async def _with_dashboard(daemon: Daemon, model: DashboardModel) -> Exit:
 
     controls = Controls(
         quit=lambda: daemon.request_stop(reason="quit from the dashboard"),
-        terminate=lambda name: daemon.dispatcher.terminate(name, "stopped by the operator"),
+        terminate=lambda name: daemon.dispatcher.terminate(name),
+        redeliver=lambda name: daemon.redeliver(
+            [i for i, d in daemon.dispatcher.dead_letters.items() if d.agent == name],
+            "the dashboard",
+        ),
         reload=lambda: os.kill(os.getpid(), signal.SIGHUP),
     )
     screen = asyncio.ensure_future(run_dashboard(model, controls))

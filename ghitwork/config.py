@@ -1,28 +1,29 @@
-"""Load and validate ghit-work.toml into frozen dataclasses.
+"""The configuration as frozen dataclasses, and `load_config` to read ghit-work.toml.
 
 Every mistake raises ConfigError naming the file and the key path, so the command line can
 print one line such as `ghit-work.toml: agents.codex.cmd: expected a non-empty list of strings`.
+The checks themselves are in configread.py.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import jinja2
 
 from ghitwork import prompt
-from ghitwork.durations import Budget, DurationError, parse_budget, parse_duration
+from ghitwork.durations import Budget
 from ghitwork.prompt import PromptTemplate
-from ghitwork.scopes import scope_problem
 
 DEFAULT_CONFIG = "ghit-work.toml"
 DEFAULT_RETRY = 300.0
 DEFAULT_TAIL_CMD = ("ghit-cli", "tail-events")
+DEFAULT_RUN_ATTEMPTS = 3
+DEFAULT_RUN_BACKOFF = 30.0
 AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SCRUBBED_ENV = ("GHIT_API_URL", "GHIT_API_TOKEN")
 
@@ -57,6 +58,10 @@ class AgentConfig:
     env: Mapping[str, str] = field(default_factory=dict)
     timeout: float | None = None
     budget: Budget | None = None
+    run_attempts: int = DEFAULT_RUN_ATTEMPTS
+    run_backoff: float = DEFAULT_RUN_BACKOFF
+    stall_timeout: float | None = None
+    rate_limit_pattern: re.Pattern[str] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +74,8 @@ class Config:
     tail_cmd: tuple[str, ...] = DEFAULT_TAIL_CMD
     state_dir: Path = Path(".ghit-work")
     budget: Budget | None = None
+    run_attempts: int = DEFAULT_RUN_ATTEMPTS
+    run_backoff: float = DEFAULT_RUN_BACKOFF
 
     @property
     def enabled_agents(self) -> tuple[AgentConfig, ...]:
@@ -100,230 +107,41 @@ def subscription_union(agents: tuple[AgentConfig, ...]) -> tuple[list[str], list
     return list(scopes), list(kinds)
 
 
-GLOBAL_KEYS = {
-    "agent_prompt",
-    "agent_prompt_file",
-    "retry",
-    "limit",
-    "tail_cmd",
-    "state_dir",
-    "budget",
-}
-AGENT_KEYS = {
-    "cmd",
-    "username",
-    "workdir",
-    "logdir",
-    "event_scopes",
-    "event_kinds",
-    "enabled",
-    "resume_cmd",
-    "session_id_pattern",
-    "env",
-    "timeout",
-    "budget",
-    "agent_prompt",
-    "agent_prompt_file",
-}
-
-
-class _Reader:
-    """Validates one parsed file; every check names `self.file` and a key path."""
-
-    def __init__(self, path: Path) -> None:
-        self.file = str(path)
-        self.base = path.parent
-
-    def fail(self, key: str | None, message: str) -> ConfigError:
-        return ConfigError(self.file, key, message)
-
-    def table(self, value: object, key: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(key, f"expected a table, got {_kind(value)}")
-        return value
-
-    def unknown(self, table: Mapping[str, Any], allowed: set[str], key: str) -> None:
-        for name in table:
-            if name not in allowed:
-                where = f"{key}.{name}" if key else name
-                hint = _close(name, allowed)
-                raise self.fail(where, f"unknown key{hint}")
-
-    def string(self, value: object, key: str, *, empty: bool = False) -> str:
-        if not isinstance(value, str) or (not empty and not value.strip()):
-            raise self.fail(key, f"expected a non-empty string, got {_kind(value)}")
-        return value
-
-    def strings(self, value: object, key: str) -> tuple[str, ...]:
-        if (
-            not isinstance(value, list)
-            or not value
-            or not all(isinstance(item, str) and item for item in value)
-        ):
-            raise self.fail(key, "expected a non-empty list of strings")
-        return tuple(value)
-
-    def path(self, value: object, key: str) -> Path:
-        return (self.base / Path(self.string(value, key)).expanduser()).resolve()
-
-    def duration(self, value: object, key: str) -> float:
-        try:
-            return parse_duration(value)
-        except DurationError as error:
-            raise self.fail(key, str(error)) from None
-
-    def budget(self, value: object, key: str) -> Budget:
-        try:
-            return parse_budget(value)
-        except DurationError as error:
-            raise self.fail(key, str(error)) from None
-
-    def prompt(self, table: Mapping[str, Any], key: str, default: PromptTemplate) -> PromptTemplate:
-        inline, path = table.get("agent_prompt"), table.get("agent_prompt_file")
-        prefix = f"{key}." if key else ""
-        if inline is not None and path is not None:
-            raise self.fail(
-                f"{prefix}agent_prompt_file",
-                "agent_prompt and agent_prompt_file exclude each other; keep one",
-            )
-        if inline is not None:
-            source = self.string(inline, f"{prefix}agent_prompt")
-            try:
-                return prompt.inline_template(source, f"{self.file}: {prefix}agent_prompt")
-            except jinja2.TemplateSyntaxError as error:
-                raise self.fail(f"{prefix}agent_prompt", prompt.describe_error(error)) from None
-        if path is not None:
-            file = self.path(path, f"{prefix}agent_prompt_file")
-            try:
-                return prompt.file_template(file)
-            except OSError as error:
-                reason = error.strerror or str(error)
-                raise self.fail(f"{prefix}agent_prompt_file", f"{file}: {reason}") from None
-            except jinja2.TemplateError as error:
-                raise self.fail(
-                    f"{prefix}agent_prompt_file", f"{file}: {prompt.describe_error(error)}"
-                ) from None
-        return default
-
-    def scopes(self, value: object, key: str) -> tuple[str, ...]:
-        scopes = self.strings(value, key)
-        for index, scope in enumerate(scopes):
-            problem = scope_problem(scope)
+def command_problems(config: Config) -> list[ConfigError]:
+    """The enabled agents' commands (`cmd`, `resume_cmd`) that cannot be found: `check`
+    refuses them, a starting daemon warns (they may be installed later)."""
+    problems = []
+    for agent in config.enabled_agents:
+        for key, argv in (("cmd", agent.cmd), ("resume_cmd", agent.resume_cmd)):
+            problem = _find_command(argv[0], agent) if argv else None
             if problem:
-                raise self.fail(f"{key}[{index}]", problem)
-        return tuple(dict.fromkeys(scopes))
-
-    def agent(
-        self, name: str, raw: object, default_prompt: PromptTemplate, budget: Budget | None
-    ) -> AgentConfig:
-        key = f"agents.{name}"
-        if not AGENT_NAME.fullmatch(name):
-            raise self.fail(
-                key,
-                "invalid agent name; use letters, digits, '.', '_' or '-' (at most 64, "
-                "starting with a letter or digit)",
-            )
-        table = self.table(raw, key)
-        self.unknown(table, AGENT_KEYS, key)
-        for required in ("cmd", "username", "event_scopes", "event_kinds"):
-            if required not in table:
-                raise self.fail(f"{key}.{required}", "missing (required for every agent)")
-        enabled = table.get("enabled", True)
-        if not isinstance(enabled, bool):
-            raise self.fail(f"{key}.enabled", f"expected true or false, got {_kind(enabled)}")
-        pattern = None
-        if "session_id_pattern" in table:
-            pattern = self.regex(table["session_id_pattern"], f"{key}.session_id_pattern")
-        resume_cmd = None
-        if "resume_cmd" in table:
-            resume_cmd = self.strings(table["resume_cmd"], f"{key}.resume_cmd")
-            if pattern is None:
-                raise self.fail(
-                    f"{key}.resume_cmd",
-                    "needs session_id_pattern to find the session id to resume",
+                problems.append(
+                    ConfigError(str(config.path), f"agents.{agent.name}.{key}", problem)
                 )
-        env = self.table(table.get("env", {}), f"{key}.env")
-        for env_name, env_value in env.items():
-            if not isinstance(env_value, str):
-                raise self.fail(
-                    f"{key}.env.{env_name}", f"expected a string, got {_kind(env_value)}"
-                )
-        return AgentConfig(
-            name=name,
-            cmd=self.strings(table["cmd"], f"{key}.cmd"),
-            username=self.string(table["username"], f"{key}.username"),
-            event_scopes=self.scopes(table["event_scopes"], f"{key}.event_scopes"),
-            event_kinds=tuple(
-                dict.fromkeys(self.strings(table["event_kinds"], f"{key}.event_kinds"))
-            ),
-            workdir=self.path(table.get("workdir", "."), f"{key}.workdir"),
-            logdir=self.path(table["logdir"], f"{key}.logdir") if "logdir" in table else None,
-            enabled=enabled,
-            resume_cmd=resume_cmd,
-            session_id_pattern=pattern,
-            env=dict(env),
-            timeout=self.positive(table["timeout"], f"{key}.timeout")
-            if "timeout" in table
-            else None,
-            budget=self.budget(table["budget"], f"{key}.budget") if "budget" in table else budget,
-            prompt=self.prompt(table, key, default_prompt),
-        )
+    return problems
 
-    def positive(self, value: object, key: str) -> float:
-        seconds = self.duration(value, key)
-        if seconds <= 0:
-            raise self.fail(key, f"{value!r} is not longer than zero")
-        return seconds
 
-    def regex(self, value: object, key: str) -> re.Pattern[str]:
-        source = self.string(value, key)
-        try:
-            pattern = re.compile(source)
-        except re.error as error:
-            raise self.fail(key, f"not a valid regular expression: {error}") from None
-        if pattern.groups < 1:
-            raise self.fail(key, "needs a group for the session id, e.g. 'session id: (\\S+)'")
-        return pattern
-
-    def config(self, path: Path, data: dict[str, Any]) -> Config:
-        self.unknown(data, {"ghit-work", "agents"}, "")
-        top = self.table(data.get("ghit-work", {}), "ghit-work")
-        self.unknown(top, GLOBAL_KEYS, "ghit-work")
-        limit = top.get("limit", 0)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise self.fail("ghit-work.limit", f"expected an integer 0 or more, got {_kind(limit)}")
-        budget = self.budget(top["budget"], "ghit-work.budget") if "budget" in top else None
-        default_prompt = self.prompt(top, "ghit-work", prompt.default())
-        agents_table = self.table(data.get("agents", {}), "agents")
-        if not agents_table:
-            raise self.fail("agents", "no agent defined; add an [agents.NAME] table")
-        seen: dict[str, str] = {}
-        agents = []
-        for name, raw in agents_table.items():
-            folded = name.lower()
-            if folded in seen:
-                raise self.fail(
-                    f"agents.{name}", f"duplicate agent name (same as agents.{seen[folded]})"
-                )
-            seen[folded] = name
-            agents.append(self.agent(name, raw, default_prompt, budget))
-        return Config(
-            path=path,
-            agents=tuple(agents),
-            prompt=default_prompt,
-            retry=self.duration(top.get("retry", DEFAULT_RETRY), "ghit-work.retry"),
-            limit=limit,
-            tail_cmd=self.strings(
-                top.get("tail_cmd", list(DEFAULT_TAIL_CMD)), "ghit-work.tail_cmd"
-            ),
-            state_dir=self.path(top.get("state_dir", ".ghit-work"), "ghit-work.state_dir"),
-            budget=budget,
-        )
+def _find_command(command: str, agent: AgentConfig) -> str | None:
+    if "/" in command:
+        path = agent.workdir / Path(command).expanduser()
+        if not path.is_file():
+            return f"{command}: no such file (relative paths start from workdir {agent.workdir})"
+        if not os.access(path, os.X_OK):
+            return f"{command}: not executable (chmod +x it)"
+        return None
+    own = "PATH" in agent.env
+    search = agent.env["PATH"] if own else os.environ.get("PATH", os.defpath)
+    if shutil.which(command, path=search) is None:
+        where = "the agent's env PATH" if own else "PATH"
+        return f"command not found: {command!r} is not on {where}; install it or give its full path"
+    return None
 
 
 def load_config(path: Path) -> Config:
     """Read and validate `path`; raises ConfigError."""
-    reader = _Reader(path)
+    from ghitwork.configread import Reader  # the validator is only needed to load
+
+    reader = Reader(path)
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
@@ -340,24 +158,3 @@ def load_config(path: Path) -> Config:
     except UnicodeDecodeError as error:
         raise reader.fail(None, f"invalid TOML: not UTF-8 ({error.reason})") from None
     return reader.config(path, data)
-
-
-def _kind(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"' if value else "an empty string"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "a list" if value else "an empty list"
-    if isinstance(value, dict):
-        return "a table"
-    return type(value).__name__
-
-
-def _close(name: str, allowed: set[str]) -> str:
-    import difflib
-
-    match = difflib.get_close_matches(name, sorted(allowed), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else f" (known: {', '.join(sorted(allowed))})"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import os
 import shutil
 import signal
@@ -22,24 +21,20 @@ from pathlib import Path
 
 from reactivex.subject import Subject
 
-from ghitwork import pipeline
-from ghitwork.config import Config, ConfigError, subscription_union
+from ghitwork import deadletters, pipeline
+from ghitwork.children import Children, end_left_behind
+from ghitwork.config import Config, ConfigError, command_problems, subscription_union
 from ghitwork.dispatch import Dispatcher
 from ghitwork.events import Event
+from ghitwork.journal import Journal
 from ghitwork.routing import Burst, Pair, Slots
 from ghitwork.source import Outcome, TailSource, tail_command
 from ghitwork.state import (
-    Change,
     ConfigApplied,
-    EventsRouted,
     Level,
-    RunFinished,
-    RunStarted,
     StateBus,
 )
 from ghitwork.store import StateDirError, Store
-
-SYNC_DELAY = 0.1  # seconds an fsync of the journal may be deferred
 
 
 class Exit(enum.IntEnum):
@@ -73,17 +68,23 @@ class Daemon:
         self.drain = drain
         self.environ = dict(os.environ if environ is None else environ)
         self.load_config = reload
-        self.dispatcher = Dispatcher(config, bus.publish, self.environ)
+        self.children = Children(config.state_dir / "children")
+        self.dispatcher = Dispatcher(config, bus.publish, self.environ, self.children)
         self.slots = Slots(config.limit)
         self.events: Subject[Burst] = Subject()
         self.injected: Subject[Pair] = Subject()
         self.store = Store(config.state_dir, self._report_store)
+        self.journal = Journal(self.store, self.dispatcher, bus, self._cursor)
         self.source: TailSource | None = None
         self._stop_requested = asyncio.Event()
         self._interrupts = 0
-        self._sessions: dict[str, str | None] = {}
-        self._journaled = -1  # highest event id written to the journal
-        self._sync_timer: asyncio.TimerHandle | None = None
+        self._requests: asyncio.TimerHandle | None = None
+
+    def _cursor(self) -> int | None:
+        return self.source.cursor if self.source else None
+
+    def _report_store(self, level: str, message: str) -> None:
+        self.bus.notice(Level(level), "state", message)
 
     # -- the tail-events command line
     def _argv(self, cursor: int | None) -> list[str]:
@@ -98,15 +99,23 @@ class Daemon:
     # -- lifecycle
     async def run(self) -> Exit:
         _use_pidfd_child_watcher()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             saved = self.store.open()
         except StateDirError as error:
             self.bus.notice(Level.ERROR, "state", str(error))
             return Exit.FAILURE
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop, sig)
-        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        # Single flight across a crash: nothing a previous instance started still runs
+        # when this one starts delivering.
+        await end_left_behind(
+            self.children.path or self.config.state_dir / "children",
+            lambda message: self.bus.notice(Level.WARNING, "start", message),
+        )
+        self.children.open()
+        self._warn_missing_commands()
         drained: asyncio.Future[None] = loop.create_future()
 
         def report_error(error: Exception) -> None:
@@ -120,17 +129,20 @@ class Daemon:
                 drained.set_result(None)
 
         self.bus.publish(ConfigApplied(config=self.config))
-        persist = self.bus.changes.subscribe(self._persist)
+        persist = self.bus.changes.subscribe(self.journal)
         flow = pipeline.dispatch(self.events, self.dispatcher, self.slots, self.injected)
         subscription = flow.subscribe(on_error=report_error, on_completed=completed)
         try:
             for pair in self.dispatcher.restore(saved):
                 self.injected.on_next(pair)
-            self._sessions = {n: a.session_id for n, a in self.dispatcher.agents.items()}
-            self._journaled = saved.cursor if saved.cursor is not None else -1
+            self.journal.started(saved.cursor)
             self.store.compact(self.dispatcher.snapshot(saved.cursor))
+            self._take_requests()
             return await self._supervise(drained, saved.cursor)
         finally:
+            if self._requests is not None:
+                self._requests.cancel()
+            self.children.close()
             cursor = self.source.cursor if self.source else saved.cursor
             self.store.compact(self.dispatcher.snapshot(cursor))
             self.store.close()
@@ -219,7 +231,14 @@ class Daemon:
                 f" events: {who}; they stay saved in state_dir",
             )
             return Exit.FAILURE
-        self.bus.notice(Level.INFO, "drain", "every batch delivered; exiting")
+        message = "every batch delivered; exiting"
+        if self.dispatcher.dead_letters:
+            count = len(self.dispatcher.dead_letters)
+            message += (
+                f" ({count} dead letter{'s' if count != 1 else ''} in state_dir: "
+                "ghit-work dead-letters lists them)"
+            )
+        self.bus.notice(Level.INFO, "drain", message)
         return Exit.OK
 
     async def _stop_agents(self) -> None:
@@ -273,6 +292,7 @@ class Daemon:
         self.config = config
         self.dispatcher.reload(config)
         self.slots.set_limit(config.limit)
+        self._warn_missing_commands()
         self.bus.publish(ConfigApplied(config=config))
         if self.source is not None and self._subscription() != before:
             cursor = self.source.cursor
@@ -284,75 +304,36 @@ class Daemon:
             )
             self.source.restart()
 
-    # -- durability: the journal is a subscriber of the state bus
-    def _persist(self, change: Change) -> None:
-        if isinstance(change, EventsRouted):
-            for event, agents in change.routes:
-                if agents:
-                    self.store.record_event(event.raw or _dumps(event.data), agents)
-                    self._journaled = event.id
-        elif isinstance(change, RunStarted):
-            self.store.record(
-                {"start": change.agent, "ids": list(change.event_ids), "at": round(change.at, 3)}
+    # -- dead letters handed back by `ghit-work redeliver` (deadletters.py)
+    def _take_requests(self) -> None:
+        """Consume the redelivery requests in state_dir, then look again in a second."""
+        for request in deadletters.pending_requests(self.config.state_dir):
+            self.redeliver(request.ids, "ghit-work redeliver")
+            deadletters.consumed(request)  # only once the journal has the redelivery
+        loop = asyncio.get_running_loop()
+        self._requests = loop.call_later(deadletters.POLL, self._take_requests)
+
+    def redeliver(self, ids: tuple[int, ...] | list[int], by: str) -> int:
+        """Hand dead letters back to their agents (ids no longer dead letters are skipped);
+        returns how many were."""
+        pairs = self.dispatcher.redeliver(ids, by)
+        for pair in pairs:
+            self.injected.on_next(pair)  # creates the agent's group if it has none yet
+        return len(pairs)
+
+    def _warn_missing_commands(self) -> None:
+        for problem in command_problems(self.config):
+            self.bus.notice(
+                Level.WARNING,
+                "config",
+                f"{problem}; its runs fail until it is installed (checked again at each run)",
             )
-            self._commit(sync=False)
-        elif isinstance(change, RunFinished):
-            result = change.result
-            if not result.stopped:
-                self.store.record({"done": change.agent, "ids": list(result.event_ids)})
-            session = self.dispatcher.agents[change.agent].session_id
-            if self._sessions.get(change.agent) != session:
-                self._sessions[change.agent] = session
-                self.store.record({"session": change.agent, "id": session})
-            self._commit(sync=False)
 
     def _emit(self, burst: list[Event]) -> None:
         """One read from tail-events: route it (runs may start; the journal is written before
         any run takes an event), then one write for everything it brought."""
         self.events.on_next(burst)
-        cursor = self.source.cursor if self.source else None
-        if cursor is not None and cursor > self._journaled:
-            self.store.record({"c": cursor})
-            self._journaled = cursor
-        self._commit(sync=False)
-
-    def _commit(self, sync: bool = True) -> None:
-        """Write what the journal buffered, at once (so a crash of ghit-work itself loses
-        nothing: the OS has it), and fsync within SYNC_DELAY, so a flood costs a few fsyncs a
-        second rather than one per read or per run. Only a power loss inside that window can
-        lose the tail of the journal: tail-events then replays it (at-least-once holds), and
-        an interrupted batch may come back without `redelivered` set.
-        """
-        try:
-            self.store.flush(sync)
-            if not sync and self._sync_timer is None:
-                loop = asyncio.get_running_loop()
-                self._sync_timer = loop.call_later(SYNC_DELAY, self._sync)
-            if self.store.wants_compaction():
-                self.store.compact(
-                    self.dispatcher.snapshot(self.source.cursor if self.source else None)
-                )
-        except OSError as error:
-            self.bus.notice(
-                Level.ERROR,
-                "state",
-                f"cannot write {self.config.state_dir}: {error.strerror or error}; "
-                "events are kept in memory and written at the next chance",
-            )
-
-    def _sync(self) -> None:
-        self._sync_timer = None
-        try:
-            self.store.sync()
-        except OSError as error:
-            self.bus.notice(
-                Level.ERROR,
-                "state",
-                f"cannot sync {self.config.state_dir}: {error.strerror or error}",
-            )
-
-    def _report_store(self, level: str, message: str) -> None:
-        self.bus.notice(Level(level), "state", message)
+        self.journal.read_up_to(self.source.cursor if self.source else None)
 
 
 def _use_pidfd_child_watcher() -> None:
@@ -366,7 +347,3 @@ def _use_pidfd_child_watcher() -> None:
         asyncio.set_child_watcher(watcher)
     except (OSError, RuntimeError, NotImplementedError):  # no pidfd_open: keep the default
         pass
-
-
-def _dumps(data: object) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode()

@@ -15,13 +15,16 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from ghitwork.config import AgentConfig, Config
+from ghitwork.deadletters import DeadLetter
 from ghitwork.events import Event
-from ghitwork.runner import RunResult
+from ghitwork.results import RunResult
 from ghitwork.state import (
     AgentChanged,
     AgentState,
     Change,
     ConfigApplied,
+    DeadLettersLoaded,
+    DeadLettersRedelivered,
     EventSkipped,
     EventsRouted,
     Level,
@@ -67,6 +70,9 @@ class AgentView:
     runs: tuple[RunResult, ...] = ()
     problem: str = ""
     config: AgentConfig | None = None
+    attempt: int = 1  # of the current run, or of the next one while retrying
+    due: float | None = None  # when a retrying or rate-limited agent runs again
+    dead_letters: tuple[DeadLetter, ...] = ()
 
     @property
     def shown_state(self) -> str:
@@ -141,6 +147,7 @@ class DashboardModel:
                 since=change.at,
                 queue=change.queue,
                 problem=change.reason if change.new is AgentState.FAILING else "",
+                due=None,
             )
         elif isinstance(change, RunStarted):
             batch = tuple((i, *self.titles.get(i, ("", ""))) for i in change.event_ids)
@@ -151,9 +158,13 @@ class DashboardModel:
                 queue=change.queue,
                 batch=batch,
                 session_id=change.session_id,
+                attempt=change.attempt,
+                due=None,
             )
         elif isinstance(change, RunFinished):
             self._finished(change)
+        elif isinstance(change, DeadLettersLoaded | DeadLettersRedelivered):
+            self._dead_letters(change)
         elif isinstance(change, SourceStarted):
             self.health, self.retry_at = "healthy", None
         elif isinstance(change, SourceRetry):
@@ -229,7 +240,8 @@ class DashboardModel:
         current = self.agents.get(name)
         if current is None:
             current = self.agents[name] = _Agent(AgentView(name, AgentState.IDLE, self.clock()))
-        current.view = replace(current.view, **updates)  # type: ignore[arg-type]
+        if updates:
+            current.view = replace(current.view, **updates)  # type: ignore[arg-type]
 
     def _finished(self, change: RunFinished) -> None:
         result = change.result
@@ -243,6 +255,9 @@ class DashboardModel:
             )
         current.runs.append(result)
         failed = "" if result.ok or result.stopped else result.describe()
+        letters = current.view.dead_letters
+        if change.dead_letter is not None:
+            letters = (*letters, change.dead_letter)
         current.view = replace(
             current.view,
             state=change.new,
@@ -252,7 +267,19 @@ class DashboardModel:
             problem=failed,
             session_id=result.session_id or current.view.session_id,
             runs=tuple(current.runs),
+            attempt=change.retry.attempt if change.retry else 1,
+            due=change.retry_at,
+            dead_letters=letters,
         )
+
+    def _dead_letters(self, change: DeadLettersLoaded | DeadLettersRedelivered) -> None:
+        for letter in change.letters:
+            self._agent(letter.agent)
+            current = self.agents[letter.agent]
+            kept = tuple(d for d in current.view.dead_letters if d.id != letter.id)
+            if isinstance(change, DeadLettersLoaded):
+                kept = (*kept, letter)
+            current.view = replace(current.view, dead_letters=kept)
 
     # -- output
     def view(self) -> View:

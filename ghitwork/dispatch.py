@@ -1,8 +1,8 @@
-"""The agents' side of the pipeline: one mailbox per agent, and the launch of its runs.
+"""The agents' side of the pipeline: every agent's mailbox, the launch of its runs, and the
+dead letters.
 
-`Agent` is the per-agent state the `batch_while_busy` stage works on: its pending events, its
-state, its session id and its last runs. `Dispatcher` owns every `Agent`, turns a batch into an
-`Invocation`, and publishes each change on the state bus. All of it runs on the asyncio loop's
+`Dispatcher` owns every `Agent` (agent.py), turns a batch into an `Invocation`, keeps the dead
+letters, and publishes each change on the state bus. All of it runs on the asyncio loop's
 thread, so nothing here needs a lock.
 """
 
@@ -10,283 +10,34 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import reactivex
 from reactivex import Observable
-from reactivex import operators as ops
 
 from ghitwork import prompt
+from ghitwork.agent import Agent, CannotStart
+from ghitwork.children import Children
 from ghitwork.config import AgentConfig, Config
-from ghitwork.durations import MAX_BUDGET_RUNS, format_duration
+from ghitwork.deadletters import DeadLetter
 from ghitwork.events import Event, to_event
+from ghitwork.output import Patterns
+from ghitwork.results import RunResult
 from ghitwork.routing import Matcher, Pair
-from ghitwork.runner import Invocation, RunResult, agent_environment
+from ghitwork.runner import Invocation, Why, agent_environment
 from ghitwork.state import (
-    AgentChanged,
     AgentState,
     Change,
+    DeadLettersLoaded,
+    DeadLettersRedelivered,
     EventsRouted,
     Level,
     Notice,
     Route,
-    RunFinished,
-    RunStarted,
 )
 from ghitwork.store import Saved, SavedAgent
-
-RECENT_STARTS = MAX_BUDGET_RUNS  # run start times kept (enough for any run budget)
-
-
-Schedule = Callable[[float, Callable[[], None]], Callable[[], None]]
-
-
-def call_later(delay: float, action: Callable[[], None]) -> Callable[[], None]:
-    """Run `action` after `delay` seconds on the running asyncio loop; returns a cancel."""
-    return asyncio.get_running_loop().call_later(delay, action).cancel
-
-
-def _main_scope(event: Event) -> str:
-    """The most specific scope of an event (a thread, if it has one)."""
-    for scope in event.scopes:
-        if scope.startswith("thread:"):
-            return scope
-    return event.scopes[0] if event.scopes else "(no scope)"
-
-
-def _clock_time(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).strftime("%H:%M:%SZ")
-
-
-class CannotStart(Exception):
-    """The batch cannot be handed to the agent (its template failed); it stays queued."""
-
-
-Launch = Callable[["Agent", list[Event]], Observable[RunResult]]
-
-
-class Agent:
-    """One agent's mailbox: events wait here until the run that takes them starts."""
-
-    def __init__(
-        self,
-        config: AgentConfig,
-        launch: Launch,
-        publish: Callable[[Change], None],
-        on_idle: Callable[[], None] = lambda: None,
-        clock: Callable[[], float] = time.time,
-        schedule: Schedule | None = None,
-    ) -> None:
-        self.name = config.name
-        self.clock = clock
-        self.schedule = schedule or call_later
-        self._release: Callable[[], None] | None = None
-        self.run_scopes: deque[tuple[float, tuple[str, ...]]] = deque(maxlen=RECENT_STARTS)
-        self.config = config
-        self.pending: list[Event] = []
-        self.redelivered: set[int] = set()
-        self.session_id: str | None = None
-        self.state = AgentState.IDLE if config.enabled else AgentState.DISABLED
-        self.batch: tuple[Event, ...] = ()
-        self.outstanding = False  # a run is requested (queued for a slot) or working
-        self.stopping = False
-        self.removed = False  # not in the config any more (kept for its saved events)
-        self.runs: list[float] = []  # start times of recent runs (for run budgets)
-        self._launch = launch
-        self._publish = publish
-        self._on_idle = on_idle
-        self._request: Callable[[Observable[RunResult]], None] | None = None
-        self._complete: Callable[[], None] | None = None
-        self._closing = False
-
-    def reconfigure(self, config: AgentConfig) -> None:
-        """New settings (a reload): they apply from the next batch; a running one finishes."""
-        self.config = config
-        if self.state is AgentState.WORKING:
-            return
-        if self.state is AgentState.THROTTLED:
-            self._cancel_throttle()  # a changed budget applies at once
-            self._set(AgentState.IDLE)
-        if not config.enabled:
-            self._set(AgentState.DISABLED)
-        elif self.state in (AgentState.DISABLED, AgentState.FAILING):
-            self._set(AgentState.IDLE)
-        self.wake()
-
-    # -- the Mailbox protocol used by routing.batch_while_busy
-    def attach(
-        self, request: Callable[[Observable[Any]], None], complete: Callable[[], None]
-    ) -> None:
-        self._request, self._complete = request, complete
-        self.wake()
-
-    def add(self, events: Sequence[Event]) -> None:
-        self.pending.extend(events)
-        self.wake()
-
-    def close(self) -> None:
-        self._closing = True
-        self._complete_if_done()
-
-    # -- decisions
-    @property
-    def runnable(self) -> bool:
-        return (
-            self.config.enabled
-            and not self.stopping
-            and self.state is not AgentState.FAILING
-            and self.state is not AgentState.THROTTLED
-        )
-
-    def wake(self) -> bool:
-        """Request a run when there is something to do and nothing outstanding."""
-        if self.outstanding or not self.pending or not self.runnable or self._request is None:
-            return False
-        until = self._budget_allows_at()
-        if until is not None:
-            self._throttle(until)
-            return False
-        self.outstanding = True
-        self._set(AgentState.QUEUED)
-        self._request(reactivex.defer(lambda _scheduler: self._start()))
-        return True
-
-    # -- run budget: at most N starts in any rolling window
-    def _budget_allows_at(self) -> float | None:
-        """None when a run may start now; else the time the window allows the next one."""
-        budget = self.config.budget
-        if budget is None:
-            return None
-        since = self.clock() - budget.window
-        recent = [started for started in self.runs if started > since]
-        if len(recent) < budget.runs:
-            return None
-        return recent[-budget.runs] + budget.window
-
-    def _throttle(self, until: float) -> None:
-        delay = max(0.0, until - self.clock())
-        budget = self.config.budget
-        reason = (
-            f"budget {budget} used up, runs again at {_clock_time(until)} "
-            f"(in {format_duration(delay)}){self._hot_scope()}"
-        )
-        self._set(AgentState.THROTTLED, reason)
-        self._release = self.schedule(delay, self._unthrottle)
-
-    def _hot_scope(self) -> str:
-        """The scope that woke the agent most in its window: where a loop usually is."""
-        budget = self.config.budget
-        since = self.clock() - (budget.window if budget else 0.0)
-        counts: Counter[str] = Counter()
-        for started, scopes in self.run_scopes:
-            if started > since:
-                counts.update(scopes)
-        counts.update(_main_scope(event) for event in self.pending)
-        if not counts:
-            return ""
-        scope, count = counts.most_common(1)[0]
-        return f"; most events from {scope} ({count} in the window)"
-
-    def _unthrottle(self) -> None:
-        self._release = None
-        if self.state is not AgentState.THROTTLED:
-            return
-        self._set(AgentState.IDLE)
-        if not self.wake():
-            self._complete_if_done()
-
-    def _cancel_throttle(self) -> None:
-        if self._release is not None:
-            self._release()
-            self._release = None
-
-    def _start(self) -> Observable[RunResult]:
-        """The run got its slot: take every pending event as the batch, now."""
-        if not self.runnable or not self.pending:
-            self.outstanding = False
-            self._set(AgentState.IDLE if self.config.enabled else AgentState.DISABLED)
-            self._complete_if_done()
-            return reactivex.empty()
-        batch, self.pending = self.pending, []
-        try:
-            run = self._launch(self, batch)
-        except CannotStart as error:
-            self.pending[:0] = batch
-            self.outstanding = False
-            self._set(AgentState.FAILING, str(error))
-            self._complete_if_done()
-            return reactivex.empty()
-        old, self.state = self.state, AgentState.WORKING
-        self.batch = tuple(batch)
-        started = self.clock()
-        self.runs.append(started)
-        del self.runs[:-RECENT_STARTS]
-        self.run_scopes.append((started, tuple(_main_scope(event) for event in batch)))
-        self._publish(
-            RunStarted(
-                agent=self.name,
-                old=old,
-                event_ids=tuple(e.id for e in batch),
-                pid=None,
-                resumed=self._resumed(),
-                redelivered=self._was_redelivered(batch),
-                session_id=self.session_id,
-                queue=len(self.pending),
-            )
-        )
-        return run.pipe(ops.do_action(on_next=self._finished))
-
-    def _resumed(self) -> bool:
-        return self.session_id is not None and self.config.resume_cmd is not None
-
-    def _was_redelivered(self, batch: Sequence[Event]) -> bool:
-        return any(event.id in self.redelivered for event in batch)
-
-    def _finished(self, result: RunResult) -> None:
-        batch, self.batch = self.batch, ()
-        if result.stopped:
-            # Not finished: these events go again, first, marked as redelivered.
-            self.pending[:0] = batch
-            self.redelivered.update(event.id for event in batch)
-        else:
-            self.redelivered.difference_update(event.id for event in batch)
-        if result.session_id:
-            self.session_id = result.session_id
-        elif result.resumed and not result.ok:
-            self.session_id = None  # the resumed session is gone: start fresh next time
-        self.outstanding = False
-        self.state = AgentState.IDLE if self.config.enabled else AgentState.DISABLED
-        self._publish(
-            RunFinished(agent=self.name, result=result, new=self.state, queue=len(self.pending))
-        )
-        if not self.wake():
-            self._complete_if_done()
-            self._on_idle()
-
-    def _complete_if_done(self) -> None:
-        waiting_for_budget = self.state is AgentState.THROTTLED and self.pending
-        if (
-            self._closing
-            and not self.outstanding
-            and not waiting_for_budget
-            and self._complete is not None
-        ):
-            complete, self._complete = self._complete, None
-            complete()
-
-    def _set(self, new: AgentState, reason: str = "") -> None:
-        if new is self.state:
-            return
-        old, self.state = self.state, new
-        self._publish(
-            AgentChanged(agent=self.name, old=old, new=new, queue=len(self.pending), reason=reason)
-        )
 
 
 class Dispatcher:
@@ -297,14 +48,18 @@ class Dispatcher:
         config: Config,
         publish: Callable[[Change], None],
         environ: Mapping[str, str] | None = None,
+        children: Children | None = None,
     ) -> None:
         self.config = config
         self.publish = publish
         self.environ = dict(os.environ if environ is None else environ)
         self.secrets = [v for k, v in self.environ.items() if k == "GHIT_API_TOKEN" and v]
+        self.children = children or Children(None)
         self.matcher = Matcher(config.agents)
         self.agents: dict[str, Agent] = {}
         self.running: dict[str, Invocation] = {}
+        self.dead_letters: dict[int, DeadLetter] = {}
+        self.next_dead_letter = 1
         self._idle_waiters: list[asyncio.Future[None]] = []
         for agent in config.agents:
             self.mailbox(agent.name)
@@ -314,8 +69,12 @@ class Dispatcher:
         if agent is None:
             agent_config = self.config.agent(name)
             assert agent_config is not None, f"no agent {name}"
-            agent = Agent(agent_config, self.launch, self.publish, self._check_idle)
-            self.agents[name] = agent
+            agent = self._agent(agent_config)
+        return agent
+
+    def _agent(self, config: AgentConfig) -> Agent:
+        agent = Agent(config, self.launch, self.publish, self._check_idle, bury=self.bury)
+        self.agents[config.name] = agent
         return agent
 
     def route(self, event: Event) -> tuple[str, ...]:
@@ -326,7 +85,7 @@ class Dispatcher:
 
     def launch(self, agent: Agent, batch: list[Event]) -> Observable[RunResult]:
         config = agent.config
-        resumed = agent.session_id is not None and config.resume_cmd is not None
+        resumed = agent.resumed
         context = {
             "agent": {
                 "name": config.name,
@@ -336,7 +95,8 @@ class Dispatcher:
             "events": [event.data for event in batch],
             "session_id": agent.session_id,
             "resumed": resumed,
-            "redelivered": any(event.id in agent.redelivered for event in batch),
+            "redelivered": agent.was_redelivered(batch),
+            "attempt": agent.tries.attempt,
         }
         try:
             text = config.prompt.render(context)
@@ -364,11 +124,15 @@ class Dispatcher:
             env=agent_environment(self.environ, config.env, config.name),
             event_ids=[event.id for event in batch],
             timeout=config.timeout,
+            stall_timeout=config.stall_timeout,
             logdir=config.logdir,
-            session_pattern=config.session_id_pattern,
+            patterns=Patterns(config.session_id_pattern, config.rate_limit_pattern),
             resumed=resumed,
+            attempt=agent.tries.attempt,
             secrets=self.secrets,
             forward=None if config.logdir else self._forwarder(config.name),
+            on_start=lambda pgid: self.children.add(pgid, f"agent {config.name}"),
+            on_gone=self.children.remove,
         )
         self.running[config.name] = invocation
 
@@ -386,15 +150,55 @@ class Dispatcher:
 
         return forward
 
-    def terminate(self, name: str, reason: str, requeue: bool = False) -> int | None:
+    def terminate(self, name: str, why: Why = Why.OPERATOR) -> int | None:
         """SIGTERM the agent's running invocation (SIGKILL after a grace period); its pid.
-        Without `requeue` (the operator's `k`) the run simply fails: its batch is not
-        delivered again."""
+        Stopped by the operator (`k`), the run is not retried: its batch becomes a dead
+        letter at once. Stopped because ghit-work stops, its batch comes again."""
         invocation = self.running.get(name)
         if invocation is None:
             return None
-        invocation.terminate(reason, requeue)
+        invocation.terminate(why)
         return invocation.pid
+
+    # -- dead letters
+    def bury(
+        self, agent: Agent, batch: Sequence[Event], result: RunResult, attempts: int, reason: str
+    ) -> DeadLetter:
+        """The batch failed for good: keep it as a dead letter (the journal writes it, fsynced,
+        when the RunFinished carrying it is published)."""
+        letter = DeadLetter(
+            id=self.next_dead_letter,
+            agent=agent.name,
+            events=tuple(event.data for event in batch),
+            attempts=attempts,
+            exit_status=result.returncode,
+            error=reason if result.operator_stopped else result.describe(),
+            time=result.ended,
+        )
+        self.next_dead_letter += 1
+        self.dead_letters[letter.id] = letter
+        return letter
+
+    def redeliver(self, ids: Sequence[int], by: str) -> list[Pair]:
+        """Hand dead letters back; ids no longer in the list are skipped. The events are
+        queued at once (so a stop saves them) and journaled before this returns; the caller
+        injects the pairs so that an agent without a group yet gets one."""
+        letters = tuple(
+            self.dead_letters.pop(i) for i in sorted(set(ids)) if i in self.dead_letters
+        )
+        if not letters:
+            return []
+        self.publish(DeadLettersRedelivered(letters=letters, by=by))
+        pairs: list[Pair] = []
+        for letter in letters:
+            events = tuple(
+                e for e in (to_event(data, b"") for data in letter.events) if isinstance(e, Event)
+            )
+            agent = self.agents.get(letter.agent) or self._removed_agent(letter.agent)
+            agent.redelivered.update(event.id for event in events)
+            agent.queue(events)
+            pairs.append((letter.agent, events))
+        return pairs
 
     def refuse_new_runs(self) -> None:
         """No agent starts a run from now on; requests waiting for a slot fall through."""
@@ -405,7 +209,7 @@ class Dispatcher:
         """No new runs; terminate the running ones and wait until every agent is idle."""
         self.refuse_new_runs()
         for name in list(self.running):
-            self.terminate(name, "ghit-work is stopping", requeue=True)
+            self.terminate(name, Why.STOPPING)
         await self.wait_idle()
 
     async def wait_idle(self) -> None:
@@ -429,6 +233,10 @@ class Dispatcher:
         """Session ids and redelivery marks from the last run, and the saved events, to be
         delivered before anything new. Agents no longer in the config keep theirs, disabled."""
         pairs: list[Pair] = []
+        self.dead_letters = {i: DeadLetter.from_record(d) for i, d in saved.dead.items()}
+        self.next_dead_letter = max(saved.next_dead_letter, max(self.dead_letters, default=0) + 1)
+        if self.dead_letters:
+            self.publish(DeadLettersLoaded(letters=tuple(self.dead_letters.values())))
         for name, kept in saved.agents.items():
             agent = self.agents.get(name) or self._removed_agent(name)
             agent.session_id = kept.session_id
@@ -464,13 +272,16 @@ class Dispatcher:
             prompt=prompt.default(),
             enabled=False,
         )
-        agent = Agent(config, self.launch, self.publish, self._check_idle)
+        agent = self._agent(config)
         agent.removed = True
-        self.agents[name] = agent
         return agent
 
     def snapshot(self, cursor: int | None) -> Saved:
-        saved = Saved(cursor=cursor)
+        saved = Saved(
+            cursor=cursor,
+            dead={i: letter.record() for i, letter in self.dead_letters.items()},
+            next_dead_letter=self.next_dead_letter,
+        )
         for name, agent in self.agents.items():
             events = [*agent.batch, *agent.pending]
             if not events and agent.session_id is None and not agent.runs:

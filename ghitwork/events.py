@@ -10,13 +10,15 @@ object (pretty-printers indent nested ones), so one truncated object never swall
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
 
-MAX_OBJECT_BYTES = 4 * 1024 * 1024
+MAX_OBJECT_BYTES = 64 * 1024 * 1024  # an event line (or pretty-printed object) up to 64 MiB
+_ID = re.compile(rb'"id"\s*:\s*(-?\d+)')
 # orjson parses an event about three times faster than json (see docs/performance.md); its
 # errors are ValueErrors too.
 _loads = orjson.loads
@@ -48,6 +50,15 @@ def excerpt(text: str | bytes, size: int = 80) -> str:
     text = text.strip()
     short = text[:size] + ("…" if len(text) > size else "")
     return json.dumps(short, ensure_ascii=False)
+
+
+def too_long(start: bytes) -> Malformed:
+    """An event over MAX_OBJECT_BYTES, named by the id its first bytes show, if any."""
+    found = _ID.search(start[:65536])
+    what = f"event {int(found.group(1))}" if found else "an event"
+    return Malformed(
+        f"{what} is longer than {MAX_OBJECT_BYTES // 2**20} MiB: skipped", excerpt(start)
+    )
 
 
 def to_event(obj: object, raw: str | bytes) -> Event | Malformed:
@@ -128,7 +139,7 @@ class Decoder:
         elif self._size > MAX_OBJECT_BYTES:
             text = b"".join(self._parts)
             self._reset()
-            yield Malformed(f"JSON object larger than {MAX_OBJECT_BYTES} bytes", excerpt(text))
+            yield too_long(text)
 
     def _start(self, line: bytes) -> None:
         self._parts = [line]

@@ -19,8 +19,8 @@ from reactivex import GroupedObservable, Observable
 from reactivex import operators as ops
 
 from ghitwork.events import Event
+from ghitwork.results import RunResult
 from ghitwork.routing import Burst, Mailbox, Pair, Slots, batch_while_busy, fan_out
-from ghitwork.runner import RunResult
 from ghitwork.state import Route
 
 

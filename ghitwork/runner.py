@@ -1,7 +1,12 @@
 """One agent invocation: a subprocess in its own process group, fed the prompt on stdin.
 
-stdout and stderr are drained concurrently (a chatty agent never blocks), archived to `logdir`
-when set, searched line by line for the session id, and the ghit token is redacted from every
+A run ends when the agent process exits, not when its pipes close: something it started in
+the background may hold stdout open for hours. After the exit its output is read for at most
+PIPE_GRACE seconds more; then whatever is left in its process group gets SIGTERM, and SIGKILL
+KILL_GRACE seconds later, while the agent's next batch is already free to start.
+
+stdout and stderr arrive through one protocol (no reader task per pipe), are archived to
+`logdir` when set and searched line by line (output.py); the ghit token is redacted from every
 byte ghit-work writes down.
 """
 
@@ -9,67 +14,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import enum
 import os
-import re
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
 
+from ghitwork.archive import LogFiles, Redactor, iso, write_atomic
 from ghitwork.config import SCRUBBED_ENV
+from ghitwork.output import Findings, OutputSink, Patterns, Stream
+from ghitwork.results import SIGNALS, RunResult
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
-PIPE_GRACE = 2.0  # how long output pipes may stay open after the agent exited
-CHUNK = 65536
-MAX_LINE = 1024 * 1024  # longest line searched for a session id or forwarded
+PIPE_GRACE = 2.0  # how long output is still read after the agent exited
 
-OutputSink = Callable[[str, str], None]  # (stream name, line)
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    """How an invocation ended. A failure is a value, never an exception."""
-
-    agent: str
-    event_ids: tuple[int, ...]
-    command: tuple[str, ...]
-    started: float
-    ended: float
-    pid: int | None = None
-    returncode: int | None = None  # exit status; None when killed by a signal or not started
-    signal: int | None = None
-    error: str | None = None  # could not start
-    timed_out: bool = False
-    stopped: bool = False  # terminated because ghit-work stopped: its events come again
-    session_id: str | None = None
-    resumed: bool = False
-    log_files: tuple[str, ...] = ()
-    last_stderr: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out and self.error is None
-
-    @property
-    def duration(self) -> float:
-        return max(0.0, self.ended - self.started)
-
-    def describe(self) -> str:
-        if self.error is not None:
-            return self.error
-        if self.timed_out:
-            return "timed out"
-        if self.signal is not None:
-            name = signal.Signals(self.signal).name if self.signal in _SIGNALS else str(self.signal)
-            return f"killed by {name}"
-        return f"exit {self.returncode}"
+# `on_start(pgid)` when a process group starts, `on_gone(pgid)` once nothing of it is left.
+GroupHook = Callable[[int], None]
+NO_PATTERNS = Patterns()
 
 
-_SIGNALS = {s.value for s in signal.Signals}
+class Why(enum.Enum):
+    """Why ghit-work ended a run before the agent did."""
+
+    STOPPING = "ghit-work is stopping"  # not finished: its batch comes again
+    OPERATOR = "stopped by the operator"  # not retried: a dead letter at once
+    TIMEOUT = "timed out"
+    STALL = "stalled"
 
 
 def agent_environment(
@@ -82,117 +53,40 @@ def agent_environment(
     return env
 
 
-class Redactor:
-    """Replaces secrets in a byte stream, also when one straddles two chunks."""
-
-    def __init__(self, secrets: Sequence[str]) -> None:
-        self._secrets = [s.encode() for s in secrets if len(s) >= 4]
-        self._keep = max((len(s) for s in self._secrets), default=1) - 1
-        self._carry = b""
-
-    def text(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret.decode(), "***")
-        return text
-
-    def feed(self, chunk: bytes) -> bytes:
-        if not self._secrets:
-            return chunk
-        data = self._carry + chunk
-        for secret in self._secrets:
-            data = data.replace(secret, b"***")
-        if self._keep:
-            data, self._carry = data[: -self._keep], data[-self._keep :]
-        return data
-
-    def flush(self) -> bytes:
-        data, self._carry = self._carry, b""
-        for secret in self._secrets:
-            data = data.replace(secret, b"***")
-        return data
+def signal_group(pgid: int | None, sig: signal.Signals) -> bool:
+    """Signal a process group; False when nothing is left in it."""
+    if pgid is None:
+        return False
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
-@dataclass
-class LogFiles:
-    """The archive of one invocation: `<stamp>-<agent>.{prompt,stdout,stderr,json}`."""
+class _Protocol(asyncio.SubprocessProtocol):
+    def __init__(self, streams: dict[int, Stream], loop: asyncio.AbstractEventLoop) -> None:
+        self.streams = streams
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed: dict[int, asyncio.Future[None]] = {fd: loop.create_future() for fd in streams}
+        self.last_output = time.monotonic()
 
-    stem: Path
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        self.last_output = time.monotonic()
+        stream = self.streams.get(fd)
+        if stream is not None and isinstance(data, bytes):
+            stream.chunk(data)
 
-    @classmethod
-    def create(cls, logdir: Path, agent: str, started: float) -> LogFiles:
-        logdir.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.fromtimestamp(started, UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        return cls(logdir / f"{stamp}-{agent}")
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        closed = self.closed.get(fd)
+        if closed is not None and not closed.done():
+            closed.set_result(None)
 
-    def path(self, suffix: str) -> Path:
-        return self.stem.with_name(f"{self.stem.name}.{suffix}")
-
-    @property
-    def all(self) -> tuple[str, ...]:
-        return tuple(str(self.path(s)) for s in ("prompt", "stdout", "stderr", "json"))
-
-
-def _iso(moment: float) -> str:
-    return (
-        datetime.fromtimestamp(moment, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-@dataclass
-class _Stream:
-    name: str
-    sink: IO[bytes] | None
-    redactor: Redactor
-    pattern: re.Pattern[str] | None
-    forward: OutputSink | None
-    partial: bytes = b""
-    session_id: str | None = None
-    last_line: str = ""
-    lines: list[str] = field(default_factory=list)
-
-    def chunk(self, data: bytes) -> None:
-        if self.sink is not None:
-            self.sink.write(self.redactor.feed(data))
-        data = self.partial + data
-        *complete, self.partial = data.split(b"\n")
-        if len(self.partial) > MAX_LINE:
-            complete.append(self.partial)
-            self.partial = b""
-        for raw in complete:
-            self.line(raw)
-
-    def line(self, raw: bytes) -> None:
-        text = raw[:MAX_LINE].decode("utf-8", "replace").rstrip("\r")
-        if self.pattern is not None:
-            match = self.pattern.search(text)
-            if match:
-                found = match.groupdict().get("session_id") or match.group(1)
-                if found:
-                    self.session_id = found
-        if text.strip():
-            self.last_line = self.redactor.text(text)[:500]
-            if self.forward is not None:
-                self.forward(self.name, self.last_line)
-
-    def close(self) -> None:
-        if self.partial:
-            self.line(self.partial)
-            self.partial = b""
-        if self.sink is not None:
-            self.sink.write(self.redactor.flush())
-            self.sink.close()
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
 
 
 class Invocation:
@@ -208,12 +102,15 @@ class Invocation:
         env: Mapping[str, str],
         event_ids: Sequence[int],
         timeout: float | None = None,
+        stall_timeout: float | None = None,
         logdir: Path | None = None,
-        session_pattern: re.Pattern[str] | None = None,
+        patterns: Patterns = NO_PATTERNS,
         resumed: bool = False,
+        attempt: int = 1,
         secrets: Sequence[str] = (),
         forward: OutputSink | None = None,
-        on_start: Callable[[int], None] | None = None,
+        on_start: GroupHook | None = None,
+        on_gone: GroupHook | None = None,
     ) -> None:
         self.agent = agent
         self.argv = tuple(argv)
@@ -222,82 +119,88 @@ class Invocation:
         self.env = dict(env)
         self.event_ids = tuple(event_ids)
         self.timeout = timeout
+        self.stall_timeout = stall_timeout
         self.logdir = logdir
-        self.session_pattern = session_pattern
+        self.patterns = patterns
         self.resumed = resumed
+        self.attempt = attempt
         self.secrets = tuple(secrets)
         self.forward = forward
         self.on_start = on_start
+        self.on_gone = on_gone
         self.pid: int | None = None
-        self._stop_reason: str | None = None
-        self._requeue = False
-        self._timed_out = False
+        self._why: Why | None = None
+        self._exited = False
         self._killer: asyncio.TimerHandle | None = None
-        self._process: asyncio.subprocess.Process | None = None
 
-    def terminate(self, reason: str = "stopped", requeue: bool = False) -> None:
-        """SIGTERM to the agent's process group, SIGKILL after KILL_GRACE. With `requeue`
-        (ghit-work is stopping) the run counts as unfinished and its events come again."""
-        self._stop_reason = self._stop_reason or reason
-        self._requeue = self._requeue or requeue
-        if self._process is None or self._process.returncode is not None:
+    def terminate(self, why: Why) -> None:
+        """SIGTERM to the agent's process group, SIGKILL after KILL_GRACE."""
+        if self._why is None or why is Why.STOPPING:
+            self._why = why
+        if self.pid is None or self._exited:
             return
-        self._signal_group(signal.SIGTERM)
+        signal_group(self.pid, signal.SIGTERM)
         if self._killer is None:
             loop = asyncio.get_running_loop()
-            self._killer = loop.call_later(KILL_GRACE, self._signal_group, signal.SIGKILL)
+            self._killer = loop.call_later(KILL_GRACE, signal_group, self.pid, signal.SIGKILL)
 
     def kill(self) -> None:
         """SIGKILL the agent's process group now."""
-        self._stop_reason = self._stop_reason or "killed"
-        self._signal_group(signal.SIGKILL)
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, sig)
+        self._why = self._why or Why.STOPPING
+        signal_group(self.pid, signal.SIGKILL)
 
     async def run(self) -> RunResult:
         started = time.time()
-        redactor = Redactor(self.secrets)
         logs: LogFiles | None = None
         if self.logdir is not None:
             try:
                 logs = LogFiles.create(self.logdir, self.agent, started)
-                write_atomic(logs.path("prompt"), redactor.text(self.prompt).encode())
+                write_atomic(logs.path("prompt"), Redactor(self.secrets).text(self.prompt).encode())
             except OSError as error:
-                return RunResult(
-                    agent=self.agent,
-                    event_ids=self.event_ids,
-                    command=self.argv,
-                    started=started,
-                    ended=time.time(),
-                    resumed=self.resumed,
-                    error=f"cannot write logs in {self.logdir}: {error.strerror or error}",
+                return self._result(
+                    started, error=f"cannot write logs in {self.logdir}: {error.strerror or error}"
                 )
         result = await self._run(started, logs)
         if logs is not None:
             with contextlib.suppress(OSError):
-                self._write_record(logs, result)
+                logs.write_record(self.record(result), self.secrets)
         return result
 
-    async def _run(self, started: float, logs: LogFiles | None) -> RunResult:
-        def failed(message: str) -> RunResult:
-            return RunResult(
-                agent=self.agent,
-                event_ids=self.event_ids,
-                command=self.argv,
-                started=started,
-                ended=time.time(),
-                error=message,
-                resumed=self.resumed,
-                log_files=logs.all if logs else (),
-            )
+    def _result(self, started: float, **fields: object) -> RunResult:
+        return RunResult(
+            agent=self.agent,
+            event_ids=self.event_ids,
+            command=self.argv,
+            started=started,
+            ended=time.time(),
+            resumed=self.resumed,
+            attempt=self.attempt,
+            limits=(self.timeout, self.stall_timeout),
+            **fields,  # type: ignore[arg-type]
+        )
 
+    async def _run(self, started: float, logs: LogFiles | None) -> RunResult:
+        files = logs.all if logs else ()
         if not self.workdir.is_dir():
-            return failed(f"workdir {self.workdir} does not exist")
+            return self._result(
+                started, error=f"workdir {self.workdir} does not exist", log_files=files
+            )
+        findings = Findings()
+        streams = {
+            fd: Stream(
+                name,
+                open(logs.path(name), "wb") if logs else None,  # noqa: SIM115 closed by Stream.close
+                Redactor(self.secrets),
+                self.patterns,
+                findings,
+                self.forward,
+            )
+            for fd, name in ((1, "stdout"), (2, "stderr"))
+        }
+        loop = asyncio.get_running_loop()
         try:
-            process = await asyncio.create_subprocess_exec(
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _Protocol(streams, loop),
                 *self.argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
@@ -305,115 +208,130 @@ class Invocation:
                 cwd=self.workdir,
                 env=self.env,
                 start_new_session=True,
-                limit=CHUNK,
             )
-        except FileNotFoundError:
-            return failed(f"command not found: {self.argv[0]}")
-        except PermissionError:
-            return failed(f"permission denied: {self.argv[0]}")
         except OSError as error:
-            return failed(f"cannot start {self.argv[0]}: {error.strerror or error}")
-        self._process = process
-        self.pid = process.pid
+            for stream in streams.values():
+                stream.close()
+            return self._result(started, error=_cannot_start(self.argv[0], error), log_files=files)
+        self.pid = transport.get_pid()
         if self.on_start is not None:
-            self.on_start(process.pid)
-        if self._stop_reason is not None:
-            self.terminate(self._stop_reason)
-        streams = [
-            _Stream(
-                name,
-                open(logs.path(name), "wb") if logs else None,  # noqa: SIM115 closed by _Stream.close
-                Redactor(self.secrets),
-                self.session_pattern,
-                self.forward,
-            )
-            for name in ("stdout", "stderr")
-        ]
-        assert process.stdout is not None and process.stderr is not None
-        pumps = [
-            asyncio.ensure_future(_pump(process.stdout, streams[0])),
-            asyncio.ensure_future(_pump(process.stderr, streams[1])),
-        ]
-        feeder = asyncio.ensure_future(self._feed(process))
+            self.on_start(self.pid)
+        stdin = transport.get_pipe_transport(0)
+        if isinstance(stdin, asyncio.WriteTransport):
+            stdin.write(self.prompt.encode())
+            stdin.close()  # after the buffered prompt is written: the agent sees EOF
+        if self._why is not None:
+            self.terminate(self._why)
         try:
-            await asyncio.wait_for(asyncio.shield(process.wait()), self.timeout)
-        except TimeoutError:
-            self._timed_out = True
-            self.terminate("timed out")
-            await process.wait()
+            await self._watch(protocol)
         except asyncio.CancelledError:
-            self.terminate("cancelled")
-            await process.wait()
+            self.terminate(Why.STOPPING)
+            await asyncio.shield(protocol.exited)
             raise
         finally:
-            feeder.cancel()
-        # Whatever the agent left behind in its group goes too: no orphan outlives its run.
-        self._signal_group(signal.SIGTERM)
-        _, still_open = await asyncio.wait(pumps, timeout=PIPE_GRACE)
-        if still_open:
-            self._signal_group(signal.SIGKILL)
-            for pump in still_open:
-                pump.cancel()
-            await asyncio.wait(still_open)
-        if self._killer is not None:
-            self._killer.cancel()
-        for stream in streams:
+            self._exited = True
+            if self._killer is not None:
+                self._killer.cancel()
+        # The agent has exited: its own status and duration. Read what is still in the pipes
+        # for a moment, then end whatever it left behind in its group.
+        ended = time.time()
+        await asyncio.wait(list(protocol.closed.values()), timeout=PIPE_GRACE)
+        self._end_leftovers(loop)
+        transport.close()
+        for stream in streams.values():
             stream.close()
-        code = process.returncode
-        session = streams[0].session_id or streams[1].session_id
+        code = transport.get_returncode()
+        why = self._why
+        failed = not (code == 0 and why is None)
         return RunResult(
             agent=self.agent,
             event_ids=self.event_ids,
             command=self.argv,
             started=started,
-            ended=time.time(),
-            pid=process.pid,
+            ended=ended,
+            pid=self.pid,
             returncode=code if code is not None and code >= 0 else None,
             signal=-code if code is not None and code < 0 else None,
-            timed_out=self._timed_out,
-            stopped=self._requeue and not self._timed_out,
-            session_id=session,
+            timed_out=why is Why.TIMEOUT,
+            stalled=why is Why.STALL,
+            stopped=why is Why.STOPPING,
+            operator_stopped=why is Why.OPERATOR,
+            rate_limited=failed and findings.rate_limited and why is not Why.STOPPING,
+            retry_after=findings.retry_after,
+            session_id=findings.session_id,
             resumed=self.resumed,
-            log_files=logs.all if logs else (),
-            last_stderr=streams[1].last_line,
+            attempt=self.attempt,
+            log_files=files,
+            last_stderr=streams[2].last_line,
+            limits=(self.timeout, self.stall_timeout),
         )
 
-    async def _feed(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdin is not None
-        try:
-            process.stdin.write(self.prompt.encode())
-            await process.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the agent does not read its prompt; its exit status tells the rest
-        finally:
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                process.stdin.close()
+    async def _watch(self, protocol: _Protocol) -> None:
+        """Until the agent process exits, ending it when it runs past `timeout` or prints
+        nothing for `stall_timeout`."""
+        began = time.monotonic()
+        while not protocol.exited.done():
+            deadlines: list[tuple[float, Why]] = []
+            if self._why is None:
+                if self.timeout is not None:
+                    deadlines.append((began + self.timeout, Why.TIMEOUT))
+                if self.stall_timeout is not None:
+                    deadlines.append((protocol.last_output + self.stall_timeout, Why.STALL))
+            wait = None
+            if deadlines:
+                due, why = min(deadlines, key=lambda deadline: deadline[0])
+                wait = due - time.monotonic()
+                if wait <= 0:
+                    self.terminate(why)
+                    continue
+            await asyncio.wait([protocol.exited], timeout=wait)
 
-    def _write_record(self, logs: LogFiles, result: RunResult) -> None:
-        redactor = Redactor(self.secrets)
-        record = {
+    def _end_leftovers(self, loop: asyncio.AbstractEventLoop) -> None:
+        """SIGTERM what is left of the run's process group; SIGKILL it KILL_GRACE later."""
+        pgid = self.pid
+        if pgid is None:
+            return
+        if not signal_group(pgid, signal.SIGTERM):
+            self._gone(pgid)
+            return
+
+        def kill() -> None:
+            signal_group(pgid, signal.SIGKILL)
+            self._gone(pgid)
+
+        loop.call_later(KILL_GRACE, kill)
+
+    def _gone(self, pgid: int) -> None:
+        if self.on_gone is not None:
+            self.on_gone(pgid)
+
+    def record(self, result: RunResult) -> dict[str, object]:
+        """The run's logdir record."""
+        return {
             "agent": result.agent,
-            "start": _iso(result.started),
-            "end": _iso(result.ended),
+            "start": iso(result.started),
+            "end": iso(result.ended),
             "duration": round(result.duration, 3),
             "exit_status": result.returncode,
-            "signal": signal.Signals(result.signal).name if result.signal in _SIGNALS else None,
+            "signal": signal.Signals(result.signal).name if result.signal in SIGNALS else None,
             "error": result.error,
+            "outcome": result.outcome,
             "timed_out": result.timed_out,
+            "stalled": result.stalled,
             "stopped": result.stopped,
+            "attempt": result.attempt,
+            "rate_limited": result.rate_limited,
             "event_ids": list(result.event_ids),
             "session_id": result.session_id,
             "resumed": result.resumed,
             "command": list(result.command),
             "pid": result.pid,
         }
-        text = redactor.text(json.dumps(record, indent=2)) + "\n"
-        write_atomic(logs.path("json"), text.encode())
 
 
-async def _pump(reader: asyncio.StreamReader, stream: _Stream) -> None:
-    while True:
-        data = await reader.read(CHUNK)
-        if not data:
-            return
-        stream.chunk(data)
+def _cannot_start(command: str, error: OSError) -> str:
+    if isinstance(error, FileNotFoundError):
+        return f"command not found: {command}"
+    if isinstance(error, PermissionError):
+        return f"permission denied: {command}"
+    return f"cannot start {command}: {error.strerror or error}"

@@ -14,12 +14,14 @@ import enum
 import os
 import random
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from ghitwork.children import Children, die_with_parent
 from ghitwork.config import AgentConfig, subscription_union
-from ghitwork.events import MAX_OBJECT_BYTES, Decoder, Event, Malformed, excerpt
+from ghitwork.events import MAX_OBJECT_BYTES, Decoder, Event, Malformed, too_long
 from ghitwork.state import (
     EventSkipped,
     Level,
@@ -78,6 +80,7 @@ class TailSource:
         cursor: int | None = None,
         rng: random.Random | None = None,
         active: Callable[[], bool] = lambda: True,
+        children: Children | None = None,
     ) -> None:
         self.argv = argv
         self.cwd = cwd
@@ -89,6 +92,8 @@ class TailSource:
         self.cursor = cursor
         self.rng = rng or random.Random()
         self.active = active
+        self.children = children
+        self._preexec = die_with_parent()
         self.events_seen = 0
         self._process: asyncio.subprocess.Process | None = None
         self._stopped = False
@@ -162,12 +167,15 @@ class TailSource:
                 cwd=self.cwd,
                 env=self.env,
                 start_new_session=True,
+                preexec_fn=self._preexec,
             )
-        except OSError as error:
-            reason = f"cannot start {argv[0]}: {error.strerror or error}"
+        except (OSError, subprocess.SubprocessError) as error:
+            reason = f"cannot start {argv[0]}: {getattr(error, 'strerror', None) or error}"
             self.bus.publish(SourceExited(status=None, reason=reason))
             return None, reason
         self._process = process
+        if self.children is not None:
+            self.children.add(process.pid, "tail-events")
         self.bus.publish(SourceStarted(pid=process.pid, argv=tuple(argv), cursor=self.cursor))
         if self._stopped or self._restart:
             self._terminate()
@@ -180,6 +188,8 @@ class TailSource:
             await asyncio.wait_for(errors, 1.0)
         errors.cancel()
         self._process = None
+        if self.children is not None and not _killpg(process.pid, 0):
+            self.children.remove(process.pid)
         expected = self._stopped or self._restart
         reason = last_error[0] if last_error else "no message on stderr"
         if expected:
@@ -188,35 +198,44 @@ class TailSource:
         return status, f"exit status {status}: {reason}"
 
     async def _read_stdout(self, stdout: asyncio.StreamReader) -> None:
-        """Each read becomes one burst: its new events are emitted together."""
+        """Each read becomes one burst: its new events are emitted together. A line that
+        spans reads is kept as a list of pieces (joined once, when it ends), and one longer
+        than MAX_OBJECT_BYTES is reported and skipped up to its newline."""
         decoder = Decoder()
-        rest = b""
+        pieces: list[bytes] = []  # the current, unfinished line
+        size = 0
         skipping = False  # inside an over-long line: drop bytes until its newline
         while True:
             data = await stdout.read(CHUNK)
             if not data:
                 break
-            lines = (rest + data).split(b"\n")
-            rest = lines.pop()
-            if skipping and lines:
+            burst: list[Event] = []
+            end = data.rfind(b"\n")
+            if end < 0:
+                if not skipping:
+                    pieces.append(data)
+                    size += len(data)
+                    if size > MAX_OBJECT_BYTES:
+                        self._accept(too_long(pieces[0]), burst)
+                        pieces, size, skipping = [], 0, True
+                continue
+            lines = data[:end].split(b"\n")
+            if skipping:
                 lines.pop(0)
                 skipping = False
-            burst: list[Event] = []
+            elif pieces:
+                pieces.append(lines[0])
+                lines[0] = b"".join(pieces)
+            rest = data[end + 1 :]
+            pieces, size = ([rest], len(rest)) if rest else ([], 0)
             for line in lines:
                 for item in decoder.feed(line):
                     self._accept(item, burst)
-            if len(rest) > MAX_OBJECT_BYTES:
-                if not skipping:
-                    self._accept(
-                        Malformed(f"line longer than {MAX_OBJECT_BYTES} bytes", excerpt(rest)),
-                        burst,
-                    )
-                skipping, rest = True, b""
             if burst:
                 self.emit(burst)
         burst = []
-        if rest and not skipping:
-            for item in decoder.feed(rest):
+        if pieces and not skipping:
+            for item in decoder.feed(b"".join(pieces)):
                 self._accept(item, burst)
         for item in decoder.close():
             self._accept(item, burst)
@@ -247,9 +266,15 @@ class TailSource:
                 self.bus.publish(Notice(level=Level.WARNING, topic="tail-events", message=text))
 
 
-def _killpg(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+def _killpg(pid: int, sig: int) -> bool:
+    """Signal a process group (0: just look); False when nothing is left in it."""
+    try:
         os.killpg(pid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _killpg_if_alive(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:

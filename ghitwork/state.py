@@ -13,14 +13,18 @@ from enum import StrEnum
 from reactivex.subject import Subject
 
 from ghitwork.config import Config
+from ghitwork.deadletters import DeadLetter
 from ghitwork.events import Event, Malformed
-from ghitwork.runner import RunResult
+from ghitwork.policy import Retry
+from ghitwork.results import RunResult
 
 
 class AgentState(StrEnum):
     IDLE = "idle"
     QUEUED = "queued"  # has events, waiting for a slot under `limit`
     WORKING = "working"  # an invocation is running
+    RETRYING = "retrying"  # its batch failed and waits for its next attempt
+    RATE_LIMITED = "rate-limited"  # its batch hit a rate limit and waits to run again
     THROTTLED = "throttled"  # over its run budget, events keep batching
     FAILING = "failing"  # cannot start (the template failed); waits for a reload
     DISABLED = "disabled"  # enabled = false, or removed from the config
@@ -63,14 +67,38 @@ class RunStarted(Change):
     redelivered: bool
     session_id: str | None
     queue: int
+    attempt: int = 1
+    attempts: int = 1  # run_attempts of the agent
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunFinished(Change):
+    """A run ended, and what becomes of its batch: done, retried (`retry`, due at
+    `retry_at`), or a dead letter."""
+
     agent: str
     result: RunResult
     new: AgentState
     queue: int
+    attempts: int = 1
+    retry: Retry | None = None
+    retry_at: float | None = None
+    dead_letter: DeadLetter | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLettersLoaded(Change):
+    """The dead letters kept in state_dir, at start."""
+
+    letters: tuple[DeadLetter, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLettersRedelivered(Change):
+    """Dead letters handed back to their agents (by `ghit-work redeliver` or the TUI)."""
+
+    letters: tuple[DeadLetter, ...]
+    by: str = ""  # who handed them back: "ghit-work redeliver", "the dashboard"
 
 
 Route = tuple[Event, tuple[str, ...]]  # an event and the agents it went to (maybe none)

@@ -16,10 +16,13 @@ from typing import Any, TextIO
 
 from ghitwork.durations import format_duration
 from ghitwork.events import Event
+from ghitwork.policy import describe_retry
 from ghitwork.state import (
     AgentChanged,
     AgentState,
     Change,
+    DeadLettersLoaded,
+    DeadLettersRedelivered,
     EventSkipped,
     EventsRouted,
     Level,
@@ -82,9 +85,80 @@ def routed_line(event: Event, agents: tuple[str, ...]) -> Line:
     )
 
 
+def _finished(change: RunFinished) -> Line:
+    result = change.result
+    level = Level.INFO if result.ok else Level.WARNING
+    message = (
+        f"agent {change.agent}: working -> {change.new}, {result.describe()} after "
+        f"{format_duration(result.duration)} [{id_ranges(result.event_ids)}]"
+    )
+    fields: dict[str, Any] = {"attempt": result.attempt, "attempts": change.attempts}
+    if result.stopped:
+        message += "; stopped, its events will be delivered again"
+    else:
+        if not result.ok and result.last_stderr:
+            message += f"; stderr: {result.last_stderr}"
+        if change.retry is not None and change.retry_at is not None:
+            retry = change.retry
+            message += "; " + describe_retry(retry, change.attempts, _clock(change.retry_at))
+            fields.update(
+                retry_attempt=retry.attempt,
+                retry_at=timestamp(change.retry_at),
+                retry_in=round(retry.delay, 3),
+                rate_limited=retry.rate_limited,
+            )
+        letter = change.dead_letter
+        if letter is not None:
+            level = Level.ERROR
+            plural = "s" if letter.attempts != 1 else ""
+            why = (
+                "not retried"
+                if result.operator_stopped
+                else f"gave up after {letter.attempts} attempt{plural}"
+            )
+            message += (
+                f"; {why}: dead letter {letter.id} ({_events(len(letter.events))}; "
+                f"`ghit-work redeliver {letter.id}` hands it back)"
+            )
+            fields["dead_letter"] = letter.id
+    if change.queue:
+        message += f"; {_events(change.queue)} waiting"
+    if result.log_files:
+        message += f"; logs {result.log_files[0].rsplit('.', 1)[0]}.*"
+    return Line(
+        level,
+        "agent.state",
+        message,
+        {
+            "agent": change.agent,
+            "from": "working",
+            "to": str(change.new),
+            "outcome": result.outcome,
+            "exit_status": result.returncode,
+            "signal": result.signal,
+            "error": result.error,
+            "timed_out": result.timed_out,
+            "stalled": result.stalled,
+            "stopped": result.stopped,
+            "duration": round(result.duration, 3),
+            "event_ids": list(result.event_ids),
+            "session_id": result.session_id,
+            "queue": change.queue,
+            "log_files": list(result.log_files),
+            **fields,
+        },
+    )
+
+
+def _clock(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%H:%M:%SZ")
+
+
 def describe(change: Change) -> Line | None:
     if isinstance(change, RunStarted):
         extra = []
+        if change.attempt > 1:
+            extra.append(f"attempt {change.attempt}/{change.attempts}")
         if change.resumed:
             extra.append(f"resuming session {change.session_id}")
         if change.redelivered:
@@ -104,42 +178,36 @@ def describe(change: Change) -> Line | None:
                 "resumed": change.resumed,
                 "redelivered": change.redelivered,
                 "session_id": change.session_id,
+                "attempt": change.attempt,
+                "attempts": change.attempts,
             },
         )
     if isinstance(change, RunFinished):
-        result = change.result
-        outcome = result.describe()
-        level = Level.INFO if result.ok else Level.WARNING
-        message = (
-            f"agent {change.agent}: working -> {change.new}, {outcome} after "
-            f"{format_duration(result.duration)} [{id_ranges(result.event_ids)}]"
-        )
-        if result.stopped:
-            message += "; stopped, its events will be delivered again"
-        elif not result.ok and result.last_stderr:
-            message += f"; stderr: {result.last_stderr}"
-        if change.queue:
-            message += f"; {_events(change.queue)} waiting"
-        if result.log_files:
-            message += f"; logs {result.log_files[0].rsplit('.', 1)[0]}.*"
+        return _finished(change)
+    if isinstance(change, DeadLettersLoaded):
+        count = len(change.letters)
         return Line(
-            level,
-            "agent.state",
-            message,
+            Level.WARNING,
+            "dead_letter.kept",
+            f"{count} dead letter{'s' if count != 1 else ''} kept in state_dir "
+            f"({', '.join(str(letter.id) for letter in change.letters)}): "
+            "ghit-work dead-letters lists them, ghit-work redeliver hands them back",
+            {"dead_letters": [letter.id for letter in change.letters]},
+        )
+    if isinstance(change, DeadLettersRedelivered):
+        letters = change.letters
+        ids = ", ".join(str(letter.id) for letter in letters)
+        agents = ", ".join(dict.fromkeys(letter.agent for letter in letters))
+        count = sum(len(letter.events) for letter in letters)
+        return Line(
+            Level.INFO,
+            "dead_letter.redelivered",
+            f"dead letter{'s' if len(letters) > 1 else ''} {ids} handed back to {agents} "
+            f"({_events(count)}) by {change.by or 'request'}",
             {
-                "agent": change.agent,
-                "from": "working",
-                "to": str(change.new),
-                "exit_status": result.returncode,
-                "signal": result.signal,
-                "error": result.error,
-                "timed_out": result.timed_out,
-                "stopped": result.stopped,
-                "duration": round(result.duration, 3),
-                "event_ids": list(result.event_ids),
-                "session_id": result.session_id,
-                "queue": change.queue,
-                "log_files": list(result.log_files),
+                "dead_letters": [letter.id for letter in letters],
+                "agents": list(dict.fromkeys(letter.agent for letter in letters)),
+                "event_ids": [i for letter in letters for i in letter.event_ids],
             },
         )
     if isinstance(change, AgentChanged):

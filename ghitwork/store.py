@@ -4,6 +4,8 @@
     state_dir/state.json           snapshot: generation, cursor, per agent pending events,
                                    in-flight ids, session id, recent run times
     state_dir/journal-G.jsonl      records since snapshot generation G, one JSON per line
+    state_dir/children             process groups started (children.py)
+    state_dir/requests/            redelivery requests (deadletters.py)
 
 The journal is a write-ahead log in stream order: an event is journaled (with the agents it
 was routed to) before any run can take it, so the cursor, derived from the journal, never
@@ -48,6 +50,8 @@ class SavedAgent:
 class Saved:
     cursor: int | None = None
     agents: dict[str, SavedAgent] = field(default_factory=dict)
+    dead: dict[int, dict[str, Any]] = field(default_factory=dict)  # dead letter id -> record
+    next_dead_letter: int = 1
 
     def agent(self, name: str) -> SavedAgent:
         return self.agents.setdefault(name, SavedAgent())
@@ -75,6 +79,23 @@ class Saved:
                 agent.inflight.discard(int(ident))
         elif "session" in record:
             self.agent(record["session"]).session_id = record.get("id")
+        elif "dead" in record:
+            # The batch's last attempt failed: its events leave the queue as one dead letter.
+            letter = record["dead"]
+            ident = int(letter["id"])
+            agent = self.agent(letter["agent"])
+            for event in letter["events"]:
+                agent.pending.pop(int(event["id"]), None)
+                agent.inflight.discard(int(event["id"]))
+            self.dead[ident] = letter
+            self.next_dead_letter = max(self.next_dead_letter, ident + 1)
+        elif "redeliver" in record:
+            letter = self.dead.pop(int(record["redeliver"]), None)
+            if letter is not None:
+                agent = self.agent(letter["agent"])
+                for event in letter["events"]:
+                    agent.pending[int(event["id"])] = event
+                    agent.inflight.add(int(event["id"]))  # delivered before: `redelivered`
 
 
 def _snapshot(saved: Saved, generation: int) -> dict[str, Any]:
@@ -92,6 +113,8 @@ def _snapshot(saved: Saved, generation: int) -> dict[str, Any]:
             for name, agent in saved.agents.items()
             if agent.pending or agent.session_id or agent.runs
         },
+        "dead_letters": [saved.dead[i] for i in sorted(saved.dead)],
+        "next_dead_letter": saved.next_dead_letter,
     }
 
 
@@ -106,7 +129,63 @@ def _from_snapshot(data: Any) -> tuple[Saved, int]:
             session_id=raw.get("session_id"),
             runs=[float(t) for t in raw.get("runs", [])],
         )
+    saved.dead = {int(letter["id"]): letter for letter in data.get("dead_letters", [])}
+    saved.next_dead_letter = int(data.get("next_dead_letter", 1))
     return saved, int(data.get("generation", 0))
+
+
+def peek(state_dir: Path) -> Saved:
+    """What the state dir holds, read without taking the lock (for `dead-letters` and
+    `redeliver`, which must work beside a running instance). A compaction between reading
+    the snapshot and its journal is noticed (the journal of that generation is gone) and the
+    read is done again."""
+    for _ in range(20):
+        snapshot = state_dir / "state.json"
+        saved, generation = Saved(), 0
+        try:
+            if snapshot.exists():
+                saved, generation = _from_snapshot(json.loads(snapshot.read_bytes()))
+            journal = state_dir / f"journal-{generation}.jsonl"
+            lines = journal.read_bytes().split(b"\n") if journal.exists() else []
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            time.sleep(0.01)
+            continue
+        if generation and not journal.exists() and _generation(snapshot) != generation:
+            continue  # compacted meanwhile
+        for line in lines:
+            with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+                if line.strip():
+                    saved.apply(json.loads(line))
+        return saved
+    raise StateDirError(f"state_dir {state_dir}: cannot read its state (it keeps changing)")
+
+
+def _generation(snapshot: Path) -> int | None:
+    try:
+        return int(json.loads(snapshot.read_bytes()).get("generation", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def running_pid(state_dir: Path) -> int | None:
+    """The pid of the ghit-work running on `state_dir`, or None. Read from the pid it writes
+    in its lock file and checked against the live process, without touching the lock (even a
+    brief flock could make a starting instance refuse)."""
+    try:
+        pid = int((state_dir / "lock").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid  # no /proc: a live pid is the best evidence there is
+    return pid if b"ghit-work" in cmdline or b"ghitwork" in cmdline else None
 
 
 def fsync_dir(path: Path) -> None:

@@ -15,8 +15,8 @@ import curses
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from asciimatics.effects import Effect
@@ -24,47 +24,11 @@ from asciimatics.event import KeyboardEvent
 from asciimatics.scene import Scene
 from asciimatics.screen import Screen
 
-from ghitwork.dashboard import AgentView, DashboardModel, EventLine, View, batch_text
-from ghitwork.durations import format_duration
+from ghitwork.dashboard import DashboardModel, View
+from ghitwork.panes import PANES, UiState, render, selected
 from ghitwork.state import AgentState
-from ghitwork.status import id_ranges
 
-PANES = ("attention", "events", "log")
 TICK = 0.05  # seconds between input polls
-STACKED_HEIGHT = 34  # from this height on, the three panes are shown at once
-FOOTER = (
-    "q quit  Tab pane  ←/→ agent  ↑/↓ scroll  Enter details  / filter  Esc clear  "
-    "k stop agent  r reload"
-)
-
-STATE_COLOURS = {
-    "idle": Screen.COLOUR_WHITE,
-    "queued": Screen.COLOUR_YELLOW,
-    "working": Screen.COLOUR_GREEN,
-    "throttled": Screen.COLOUR_MAGENTA,
-    "failing": Screen.COLOUR_RED,
-    "disabled": Screen.COLOUR_BLUE,
-}
-HEALTH_COLOURS = {
-    "healthy": Screen.COLOUR_GREEN,
-    "retrying": Screen.COLOUR_YELLOW,
-    "failing": Screen.COLOUR_RED,
-    "starting": Screen.COLOUR_WHITE,
-}
-
-
-@dataclass
-class UiState:
-    selected: int = 0
-    focus: int = 0
-    scroll: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PANES, 0))
-    filter: str = ""
-    editing: bool = False
-    expanded: bool = False
-
-    @property
-    def pane(self) -> str:
-        return PANES[self.focus]
 
 
 @dataclass
@@ -72,6 +36,7 @@ class Controls:
     quit: Callable[[], None]
     terminate: Callable[[str], int | None]  # SIGTERM the agent's run; its pid, or None
     reload: Callable[[], None]
+    redeliver: Callable[[str], int] = lambda name: 0  # the agent's dead letters handed back
 
 
 def handle_key(
@@ -129,279 +94,19 @@ def handle_key(
                 + (f" (pid {pid})" if pid else "")
                 + "; SIGKILL follows in 5s"
             )
+    elif key == ord("R"):
+        agent = selected(ui, view)
+        if agent is None or not agent.dead_letters:
+            model.note(f"R: {agent.name if agent else 'no agent'} has no dead letters")
+        else:
+            count = controls.redeliver(agent.name)
+            model.note(f"R: {count} dead letter(s) of {agent.name} handed back")
     elif key == ord("r"):
         model.note("r: reloading the config (SIGHUP)")
         controls.reload()
     else:
         return False
     return True
-
-
-def selected(ui: UiState, view: View) -> AgentView | None:
-    if not view.agents:
-        return None
-    ui.selected = min(ui.selected, len(view.agents) - 1)
-    return view.agents[ui.selected]
-
-
-class _Painter:
-    """print_at with clipping and padding to the canvas width."""
-
-    def __init__(self, canvas: Any) -> None:
-        self.canvas = canvas
-        self.width: int = canvas.width
-        self.height: int = canvas.height
-
-    def line(
-        self,
-        y: int,
-        text: str,
-        colour: int = Screen.COLOUR_WHITE,
-        attr: int = 0,
-        bg: int = Screen.COLOUR_BLACK,
-        x: int = 0,
-    ) -> int:
-        if y < 0 or y >= self.height or x >= self.width:
-            return x
-        text = text[: self.width - x]
-        self.canvas.print_at(text, x, y, colour, attr, bg)
-        return x + len(text)
-
-    def fill(
-        self,
-        y: int,
-        text: str = "",
-        colour: int = Screen.COLOUR_WHITE,
-        attr: int = 0,
-        bg: int = Screen.COLOUR_BLACK,
-    ) -> None:
-        self.line(y, text.ljust(self.width), colour, attr, bg)
-
-
-def render(canvas: Any, view: View, ui: UiState, now: float) -> None:
-    """Draw the whole dashboard for this snapshot."""
-    paint = _Painter(canvas)
-    for y in range(paint.height):
-        paint.fill(y)
-    _header(paint, view, now)
-    _strip(paint, view, ui, now)
-    body_top, body_bottom = 3, paint.height - 2
-    if ui.expanded and selected(ui, view) is not None:
-        _tabs(paint, 2, view, ui, expanded=True)
-        agent = selected(ui, view)
-        assert agent is not None
-        _lines(paint, body_top, body_bottom, _details(agent, now), 0)
-    elif paint.height >= STACKED_HEIGHT:
-        _tabs(paint, 2, view, ui, expanded=False)
-        heights = _split(body_bottom - body_top + 1, (1, 2, 2))
-        y = body_top
-        for pane, height in zip(PANES, heights, strict=True):
-            focused = pane == ui.pane
-            title = f"── {_pane_title(pane, view, ui)} "
-            paint.fill(
-                y,
-                title.ljust(paint.width, "─"),
-                Screen.COLOUR_CYAN,
-                Screen.A_BOLD if focused else 0,
-            )
-            _pane(paint, pane, y + 1, y + height - 1, view, ui)
-            y += height
-    else:
-        _tabs(paint, 2, view, ui, expanded=False)
-        _pane(paint, ui.pane, body_top, body_bottom, view, ui)
-    _footer(paint, ui)
-
-
-def _split(total: int, weights: Sequence[int]) -> list[int]:
-    sizes = [max(3, total * w // sum(weights)) for w in weights]
-    sizes[-1] = max(3, total - sum(sizes[:-1]))
-    return sizes
-
-
-def _header(paint: _Painter, view: View, now: float) -> None:
-    x = paint.line(0, " ghit-work ", Screen.COLOUR_BLACK, Screen.A_BOLD, Screen.COLOUR_CYAN)
-    limit = "none" if view.limit == 0 else str(view.limit)
-    x = paint.line(
-        0, f" {view.config_path}  limit {limit}  retry {format_duration(view.retry)}  ", x=x
-    )
-    health = view.health
-    if health == "retrying" and view.retry_at is not None:
-        left = max(0.0, view.retry_at - now)
-        health += (
-            f" (next try in {format_duration(left)}, "
-            f"{format_duration(view.retry_used)} of {format_duration(view.retry)} used)"
-        )
-    x = paint.line(
-        0, health, HEALTH_COLOURS.get(view.health, Screen.COLOUR_WHITE), Screen.A_BOLD, x=x
-    )
-    paint.line(
-        0, f"  events {view.events_seen}  batches {view.batches_run}  failures {view.failures}", x=x
-    )
-
-
-def _cell(agent: AgentView, now: float) -> str:
-    word = agent.shown_state
-    if agent.state is AgentState.WORKING:
-        word += f" {format_duration(max(0.0, now - agent.since))}"
-    elif agent.queue and agent.state is not AgentState.DISABLED:
-        word += f" +{agent.queue}"
-    return f" {agent.name} {word} "
-
-
-def _strip(paint: _Painter, view: View, ui: UiState, now: float) -> None:
-    if not view.agents:
-        paint.line(1, " no agents")
-        return
-    current = selected(ui, view)
-    cells = [_cell(agent, now) for agent in view.agents]
-    # Scroll the strip so that the selected cell is visible.
-    start = 0
-    while (
-        sum(len(c) + 1 for c in cells[start : ui.selected + 1]) > paint.width
-        and start < ui.selected
-    ):
-        start += 1
-    x = 0
-    for agent, cell in zip(view.agents[start:], cells[start:], strict=True):
-        colour = STATE_COLOURS.get(agent.shown_state, Screen.COLOUR_WHITE)
-        attr = Screen.A_REVERSE if agent is current else Screen.A_BOLD
-        x = paint.line(1, cell, colour, attr, x=x) + 1
-        if x >= paint.width:
-            break
-
-
-def _pane_title(pane: str, view: View, ui: UiState) -> str:
-    if pane == "attention":
-        return f"Attention ({len(view.attention)})"
-    if pane == "events":
-        return f"Events [filter: {ui.filter}]" if ui.filter else "Events"
-    return "Log"
-
-
-def _tabs(paint: _Painter, y: int, view: View, ui: UiState, expanded: bool) -> None:
-    x = 0
-    for index, pane in enumerate(PANES):
-        focused = index == ui.focus and not expanded
-        x = paint.line(
-            y,
-            f" {_pane_title(pane, view, ui)} ",
-            Screen.COLOUR_CYAN,
-            Screen.A_REVERSE if focused else 0,
-            x=x,
-        )
-        x = paint.line(y, "│", Screen.COLOUR_CYAN, x=x)
-    if expanded:
-        agent = selected(ui, view)
-        paint.line(
-            y,
-            f" Agent {agent.name if agent else ''} (Esc to leave) ",
-            Screen.COLOUR_CYAN,
-            Screen.A_REVERSE,
-            x=x,
-        )
-
-
-def pane_lines(pane: str, view: View, ui: UiState) -> list[str]:
-    if pane == "attention":
-        return list(view.attention)
-    if pane == "log":
-        return list(view.log)
-    events: Sequence[EventLine] = view.events
-    if ui.filter:
-        events = [e for e in events if e.matches(ui.filter)]
-    return [_event_text(e) for e in events]
-
-
-def _event_text(event: EventLine) -> str:
-    scope = event.scopes[0] if event.scopes else "-"
-    title = f" “{event.title}”" if event.title else ""
-    to = ", ".join(event.agents) if event.agents else "no agent"
-    return f"{event.id:>7} {event.kind:<20} {event.actor:<10} -> {to:<14} {scope}{title}"
-
-
-def _pane(paint: _Painter, pane: str, top: int, bottom: int, view: View, ui: UiState) -> None:
-    colour = Screen.COLOUR_YELLOW if pane == "attention" else Screen.COLOUR_WHITE
-    lines = pane_lines(pane, view, ui)
-    if not lines:
-        empty = {
-            "attention": "nothing needs you",
-            "events": "no events yet",
-            "log": "no status lines yet",
-        }[pane]
-        if pane == "events" and ui.filter:
-            empty = f"no event matches “{ui.filter}”"
-        paint.line(top, f"  ({empty})", Screen.COLOUR_BLUE)
-        return
-    _lines(paint, top, bottom, lines, ui.scroll[pane], colour)
-
-
-def _lines(
-    paint: _Painter,
-    top: int,
-    bottom: int,
-    lines: Sequence[str],
-    scroll: int,
-    colour: int = Screen.COLOUR_WHITE,
-) -> None:
-    height = bottom - top + 1
-    if height <= 0:
-        return
-    scroll = min(scroll, max(0, len(lines) - height))
-    if scroll:
-        height -= 1  # the last row says how much is below
-        paint.line(bottom, f" ↓ {scroll} newer ", Screen.COLOUR_BLACK, 0, Screen.COLOUR_YELLOW)
-    end = len(lines) - scroll
-    for offset, text in enumerate(lines[max(0, end - height) : end]):
-        paint.line(top + offset, text, colour)
-
-
-def _details(agent: AgentView, now: float) -> list[str]:
-    config = agent.config
-    state = agent.shown_state
-    if agent.state is AgentState.WORKING:
-        state += f" for {format_duration(max(0.0, now - agent.since))}"
-    lines = [f"{agent.name}: {state}, {agent.queue} event(s) queued"]
-    if agent.problem:
-        lines.append(f"  problem:  {agent.problem}")
-    if config is not None:
-        lines += [
-            f"  username: {config.username}",
-            f"  workdir:  {config.workdir}",
-            f"  command:  {' '.join(config.cmd)}",
-            f"  scopes:   {', '.join(config.event_scopes)}",
-            f"  kinds:    {', '.join(config.event_kinds)}",
-            f"  budget:   {config.budget or 'none'}   timeout: "
-            f"{format_duration(config.timeout) if config.timeout else 'none'}   "
-            f"enabled: {'yes' if config.enabled else 'no'}",
-        ]
-    lines.append(f"  session:  {agent.session_id or 'none'}")
-    if agent.batch:
-        lines.append(f"current batch [{batch_text(agent)}]:")
-        lines += [f"  {ident:>7} {kind:<20} {title}" for ident, kind, title in agent.batch]
-    else:
-        lines.append("current batch: none")
-    lines.append("last runs:")
-    if not agent.runs:
-        lines.append("  none yet")
-    for run in reversed(agent.runs):
-        stamp = time.strftime("%H:%M:%S", time.localtime(run.started))
-        lines.append(
-            f"  {stamp}  {run.describe():<18} {format_duration(run.duration):>6}  "
-            f"[{id_ranges(run.event_ids)}]"
-        )
-        if run.log_files:
-            lines.append(f"            logs: {run.log_files[0].rsplit('.', 1)[0]}.*")
-    return lines
-
-
-def _footer(paint: _Painter, ui: UiState) -> None:
-    y = paint.height - 1
-    if ui.editing:
-        x = paint.line(y, " filter: ", Screen.COLOUR_BLACK, 0, Screen.COLOUR_YELLOW)
-        x = paint.line(y, ui.filter + "_", x=x)
-        paint.line(y, "  (Enter keeps it, Esc clears it)", Screen.COLOUR_BLUE, x=x)
-        return
-    paint.fill(y, " " + FOOTER, Screen.COLOUR_BLACK, 0, Screen.COLOUR_CYAN)
 
 
 class DashboardEffect(Effect):  # type: ignore[misc]

@@ -46,6 +46,19 @@ def ghit_work(
     )
 
 
+def with_commands(tmp_path: Path, *names: str) -> dict[str, str]:
+    """The environment with executables `names` (that print nothing) first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in names:
+        path = bin_dir / name
+        path.write_text("#!/bin/sh\nexit 0\n")
+        path.chmod(0o755)
+    env = dict(os.environ)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 def event(
     ident: int,
     kind: str = "reply-created",

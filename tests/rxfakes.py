@@ -13,12 +13,13 @@ from reactivex.testing import TestScheduler
 from reactivex.testing.reactivetest import ReactiveTest
 
 from ghitwork import pipeline, prompt
+from ghitwork.agent import Agent
 from ghitwork.config import AgentConfig
-from ghitwork.dispatch import Agent
+from ghitwork.deadletters import DeadLetter
 from ghitwork.durations import parse_budget
 from ghitwork.events import Event
+from ghitwork.results import RunResult
 from ghitwork.routing import Matcher, Slots
-from ghitwork.runner import RunResult
 from ghitwork.state import Change, Route
 
 
@@ -29,6 +30,8 @@ def agent_config(
     username: str | None = None,
     enabled: bool = True,
     budget: str | None = None,
+    run_attempts: int = 3,
+    run_backoff: float = 30.0,
 ) -> AgentConfig:
     return AgentConfig(
         name=name,
@@ -40,6 +43,8 @@ def agent_config(
         prompt=prompt.default(),
         enabled=enabled,
         budget=parse_budget(budget) if budget else None,
+        run_attempts=run_attempts,
+        run_backoff=run_backoff,
     )
 
 
@@ -69,6 +74,7 @@ class FakeAgents:
         scheduler: TestScheduler,
         duration: Callable[[str, int], float] = lambda agent, n: 50.0,
         exit_code: Callable[[str, int], int] = lambda agent, n: 0,
+        result: Callable[[RunResult, int], RunResult] = lambda result, n: result,
     ) -> None:
         configs = list(configs)
         self.scheduler = scheduler
@@ -81,13 +87,31 @@ class FakeAgents:
                 self.changes.append,
                 clock=lambda: scheduler.clock,
                 schedule=self._schedule,
+                bury=self._bury,
             )
             for c in configs
         }
         self.duration = duration
         self.exit_code = exit_code
+        self.result = result
         self.runs: list[Run] = []
         self.results: list[RunResult] = []
+        self.dead_letters: list[DeadLetter] = []
+
+    def _bury(
+        self, agent: Agent, batch: Sequence[Event], result: RunResult, attempts: int, reason: str
+    ) -> DeadLetter:
+        letter = DeadLetter(
+            id=len(self.dead_letters) + 1,
+            agent=agent.name,
+            events=tuple(event.data for event in batch),
+            attempts=attempts,
+            exit_status=result.returncode,
+            error=reason,
+            time=self.scheduler.clock,
+        )
+        self.dead_letters.append(letter)
+        return letter
 
     def _schedule(self, delay: float, action: Callable[[], None]) -> Callable[[], None]:
         disposable = self.scheduler.schedule_relative(delay, lambda *_: action())
@@ -108,13 +132,17 @@ class FakeAgents:
         duration = self.duration(agent.name, count)
         run = Run(agent.name, start, start + duration, tuple(e.id for e in batch))
         self.runs.append(run)
-        result = RunResult(
-            agent=agent.name,
-            event_ids=run.ids,
-            command=("true",),
-            started=start,
-            ended=start + duration,
-            returncode=self.exit_code(agent.name, count),
+        result = self.result(
+            RunResult(
+                agent=agent.name,
+                event_ids=run.ids,
+                command=("true",),
+                started=start,
+                ended=start + duration,
+                returncode=self.exit_code(agent.name, count),
+                attempt=agent.tries.attempt,
+            ),
+            count,
         )
         return reactivex.timer(duration, scheduler=self.scheduler).pipe(ops.map(lambda _: result))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from conftest import ROOT, ghit_work
+from conftest import ROOT, ghit_work, with_commands
 
 from ghitwork import __version__
 
@@ -41,7 +41,7 @@ def test_init_writes_a_config_that_passes_check(tmp_path: Path) -> None:
         "agent_prompt",
     ):
         assert f"{key} =" in config or f"# {key} =" in config or f".{key}]" in config, key
-    checked = ghit_work("check", cwd=tmp_path)
+    checked = ghit_work("check", cwd=tmp_path, env=with_commands(tmp_path, "codex", "claude"))
     assert checked.returncode == 0, checked.stderr
     assert "codex (enabled" in checked.stdout and "claude (disabled" in checked.stdout
     assert "    budget:   30/1h\n" in checked.stdout, "check shows each agent's budget"
@@ -52,7 +52,8 @@ def test_init_honours_the_config_path_and_creates_its_directory(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "etc" / "work.toml").exists()
     assert (tmp_path / "etc" / "prompt.md.j2").exists()
-    assert ghit_work("-c", "etc/work.toml", "check", cwd=tmp_path).returncode == 0
+    env = with_commands(tmp_path, "codex", "claude")
+    assert ghit_work("-c", "etc/work.toml", "check", cwd=tmp_path, env=env).returncode == 0
 
 
 def test_init_refuses_to_overwrite_anything_and_touches_nothing(tmp_path: Path) -> None:
@@ -122,7 +123,8 @@ event_kinds = ["k2"]
 enabled = false
 """
     )
-    result = ghit_work("check", "--limit", "7", "--retry", "90s", cwd=tmp_path)
+    env = with_commands(tmp_path, "a")
+    result = ghit_work("check", "--limit", "7", "--retry", "90s", cwd=tmp_path, env=env)
     assert result.returncode == 0
     assert "b (disabled, user b)" in result.stdout
     assert "tail-events: ghit-cli tail-events --scope team:x --kind k1\n" in result.stdout

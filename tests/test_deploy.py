@@ -184,7 +184,9 @@ def test_an_agent_pod_gets_the_prompt_on_stdin(tmp_path: Path) -> None:
 
 
 def test_json_status_lines_carry_the_documented_fields(setup: Setup) -> None:
-    setup.write_config({"a": {"env": {"RECORD": str(setup.records), "EXIT": "1"}}})
+    setup.write_config(
+        {"a": {"env": {"RECORD": str(setup.records), "EXIT": "1"}, "run_attempts": 1}}
+    )
     write_events(setup.events, [event(1)])
     result = ghit_work("--drain", "--log-format", "json", cwd=setup.path)
     records = [json.loads(line) for line in result.stderr.splitlines()]
@@ -195,7 +197,9 @@ def test_json_status_lines_carry_the_documented_fields(setup: Setup) -> None:
     assert started["argv"][0].endswith("ghit-work-replay") and "pid" in started
     finished = next(r for r in records if r["event"] == "agent.state" and r["from"] == "working")
     assert (finished["agent"], finished["exit_status"], finished["event_ids"]) == ("a", 1, [1])
-    assert finished["level"] == "warning" and "duration" in finished
+    assert finished["level"] == "error", "its last attempt failed: a dead letter"
+    assert "duration" in finished and finished["dead_letter"] == 1
+    assert (finished["outcome"], finished["attempt"], finished["attempts"]) == ("failed", 1, 1)
 
 
 def test_sigterm_as_the_container_stop_signal_is_a_clean_exit(setup: Setup) -> None:

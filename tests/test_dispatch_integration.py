@@ -95,6 +95,7 @@ def test_resume_uses_the_session_id_and_starts_fresh_after_a_failed_resume(setup
                 "cmd": [sys.executable, str(script)],
                 "resume_cmd": [sys.executable, str(script), "--resume", "{session_id}"],
                 "session_id_pattern": r"session id: (\S+)",
+                "run_backoff": "0.1s",
             }
         }
     )
@@ -110,13 +111,19 @@ def test_resume_uses_the_session_id_and_starts_fresh_after_a_failed_resume(setup
     assert argvs[0] == []
     assert argvs[1] == ["--resume", "S1"]
     assert argvs[2] == ["--resume", "S2"], "S2 fails without printing an id"
-    assert argvs[3] == [], "after a failed resume the next batch starts fresh"
-    assert [int(w) for run in setup.runs() for w in run["prompt"].split()] == [1, 2, 3, 4]
+    assert argvs[3] == [], "after a failed resume the retry starts fresh"
+    assert [int(w) for run in setup.runs() for w in run["prompt"].split()] == [1, 2, 3, 3, 4]
 
 
 def test_a_timeout_is_reported_and_the_agent_carries_on(setup: Setup) -> None:
     setup.write_config(
-        {"slow": {"timeout": "1s", "env": {"RECORD": str(setup.records), "SLEEP": "30"}}}
+        {
+            "slow": {
+                "timeout": "1s",
+                "run_attempts": 1,
+                "env": {"RECORD": str(setup.records), "SLEEP": "30"},
+            }
+        }
     )
     write_events(setup.events, [event(1)])
     result = ghit_work("--drain", cwd=setup.path, timeout=30)
@@ -127,8 +134,8 @@ def test_a_timeout_is_reported_and_the_agent_carries_on(setup: Setup) -> None:
 def test_failures_are_reported_and_never_stop_other_agents(setup: Setup) -> None:
     setup.write_config(
         {
-            "missing": {"cmd": ["no-such-agent-binary"]},
-            "failing": {"env": {"RECORD": str(setup.records), "EXIT": "3"}},
+            "missing": {"cmd": ["no-such-agent-binary"], "run_attempts": 1},
+            "failing": {"env": {"RECORD": str(setup.records), "EXIT": "3"}, "run_attempts": 1},
             "fine": {},
         }
     )

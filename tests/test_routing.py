@@ -125,7 +125,7 @@ def test_each_agent_gets_its_events_once_in_id_order_and_never_two_runs_at_once(
 def test_a_failing_run_is_a_value_and_the_agent_carries_on() -> None:
     scheduler = TestScheduler()
     agents = FakeAgents(
-        [agent_config("a"), agent_config("b")],
+        [agent_config("a", run_attempts=1), agent_config("b")],
         scheduler,
         exit_code=lambda a, n: 1 if a == "a" and n == 0 else 0,
     )
@@ -134,6 +134,7 @@ def test_a_failing_run_is_a_value_and_the_agent_carries_on() -> None:
     finished = [c for c in agents.changes if isinstance(c, RunFinished) and c.agent == "a"]
     assert [c.new for c in finished] == [AgentState.IDLE, AgentState.IDLE]
     assert agents.delivered("a") == [1, 2]
+    assert [letter.event_ids for letter in agents.dead_letters] == [[1]]
 
 
 def test_state_changes_follow_idle_queued_working_idle() -> None:

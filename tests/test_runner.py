@@ -12,7 +12,10 @@ from pathlib import Path
 from conftest import poll
 
 from ghitwork import runner
-from ghitwork.runner import Invocation, Redactor, RunResult, agent_environment
+from ghitwork.archive import Redactor
+from ghitwork.output import Patterns
+from ghitwork.results import RunResult
+from ghitwork.runner import Invocation, agent_environment
 
 
 def invoke(tmp_path: Path, code: str, **kwargs: object) -> RunResult:
@@ -56,16 +59,18 @@ def test_a_chatty_agent_that_never_reads_stdin_does_not_block(tmp_path: Path) ->
 
 def test_the_session_id_is_found_in_stdout_or_stderr(tmp_path: Path) -> None:
     pattern = re.compile(r"session id: (\S+)")
-    out = invoke(tmp_path, "print('noise'); print('session id: abc-123')", session_pattern=pattern)
+    out = invoke(
+        tmp_path, "print('noise'); print('session id: abc-123')", patterns=Patterns(pattern)
+    )
     assert out.session_id == "abc-123"
     err = invoke(
-        tmp_path, "import sys; sys.stderr.write('x session id: e42\\n')", session_pattern=pattern
+        tmp_path, "import sys; sys.stderr.write('x session id: e42\\n')", patterns=Patterns(pattern)
     )
     assert err.session_id == "e42"
     named = invoke(
         tmp_path,
         "print('id=7 sid=q9')",
-        session_pattern=re.compile(r"id=(\d+) sid=(?P<session_id>\w+)"),
+        patterns=Patterns(re.compile(r"id=(\d+) sid=(?P<session_id>\w+)")),
     )
     assert named.session_id == "q9", "the group named session_id wins over group 1"
 
@@ -78,7 +83,7 @@ def test_a_timeout_terminates_the_whole_process_group(tmp_path: Path) -> None:
         "time.sleep(60)"
     )
     result = invoke(tmp_path, code, timeout=1.0)
-    assert result.timed_out and not result.ok and result.describe() == "timed out"
+    assert result.timed_out and not result.ok and result.describe() == "timed out after 1s"
     child = int((tmp_path / "child.pid").read_text())
     poll(lambda: not _alive(child), what="the grandchild to be gone")
 
@@ -118,7 +123,7 @@ def test_logdir_keeps_prompt_output_and_a_record_without_the_token(tmp_path: Pat
         logdir=tmp_path / "logs",
         secrets=[token],
         prompt=f"prompt with {token}\n",
-        session_pattern=re.compile(r"session id: (\S+)"),
+        patterns=Patterns(re.compile(r"session id: (\S+)")),
     )
     files = sorted((tmp_path / "logs").iterdir())
     assert [f.suffix for f in files] == [".json", ".prompt", ".stderr", ".stdout"]

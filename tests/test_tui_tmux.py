@@ -165,8 +165,19 @@ def test_k_stops_the_selected_working_agent(setup: Setup, tmux: Tmux) -> None:
     tmux.keys("k")
     screen = tmux.wait_for("k: SIGTERM sent to agent codex (pid ")
     assert "Attention" in screen
-    tmux.wait_for("killed by SIGTERM")
-    tmux.wait_for("codex failing")
+    tmux.wait_for("stopped by the operator")
+    tmux.wait_for("dead letter 1")
+    tmux.wait_for("codex failing ✝1")
+    tmux.keys("Enter")
+    tmux.wait_for("dead letters: 1 (R hands them all back)")
+    tmux.keys("R")
+    tmux.wait_for("dead letters: none")
+    screen = tmux.wait_for("codex working")
+    assert "✝" not in screen.splitlines()[1], "no dead letter left in the strip"
+    tmux.keys("Escape")
+    tmux.wait_for("R: 1 dead letter(s) of codex handed back")
+    tmux.keys("Tab", "Tab")
+    tmux.wait_for("dead letter 1 handed back to codex (1 event) by the dashboard")
     tmux.keys("q")
     tmux.wait_for("EXITED=0")
 

@@ -11,7 +11,8 @@ from rxfakes import agent_config
 from ghitwork.config import Config
 from ghitwork.dashboard import DashboardModel, View
 from ghitwork.events import Event, Malformed
-from ghitwork.runner import RunResult
+from ghitwork.panes import UiState, render
+from ghitwork.results import RunResult
 from ghitwork.state import (
     AgentChanged,
     AgentState,
@@ -22,7 +23,7 @@ from ghitwork.state import (
     RunStarted,
     SourceRetry,
 )
-from ghitwork.ui import Controls, UiState, handle_key, render
+from ghitwork.ui import Controls, handle_key
 
 NOW = 1_800_000_000.0
 

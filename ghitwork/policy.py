@@ -1,0 +1,130 @@
+"""Run policy: what happens to a batch after a run, and whether a run may start now.
+
+The dispatcher asks; this module decides (as client-go's workqueue asks its RateLimiter and
+Sidekiq's processor leaves retries to JobRetry). Nothing here touches a process, a timer or a
+file: each rule is a function of the agent's settings, the run's result and the clock, tested
+alone.
+
+    run ends ─► ok ─────────────────────────────► Done
+             ├► stopped by the operator (`k`) ──► GiveUp (dead letter at once)
+             ├► failed, output says rate limit ─► Retry(same attempt, rate_limited)
+             ├► failed, attempts left ──────────► Retry(attempt + 1, after backoff)
+             └► failed, last attempt ───────────► GiveUp (dead letter)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ghitwork.config import AgentConfig
+from ghitwork.durations import Budget, format_duration
+from ghitwork.results import RunResult
+
+MAX_BACKOFF = 600.0  # the doubling stops at 10 minutes
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The batch was handled: forget it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Run the batch again after `delay` seconds, as attempt `attempt`."""
+
+    delay: float
+    attempt: int
+    rate_limited: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """The batch becomes a dead letter."""
+
+    reason: str
+
+
+Decision = Done | Retry | GiveUp
+
+
+@dataclass(frozen=True, slots=True)
+class Tries:
+    """Where a batch stands: the attempt that just ran, and how many rate-limited retries it
+    has had (they do not use up attempts, but they do grow the backoff)."""
+
+    attempt: int = 1
+    rate_limited: int = 0
+
+
+def backoff(base: float, retries: int) -> float:
+    """`base` doubled `retries` times, capped at MAX_BACKOFF (base x 2^n, like client-go's
+    ItemExponentialFailureRateLimiter)."""
+    if retries >= 32:  # 2**32 x any sane base is past the cap; avoid float overflow
+        return MAX_BACKOFF if base > 0 else 0.0
+    return float(min(MAX_BACKOFF, base * 2**retries))
+
+
+def after_run(config: AgentConfig, result: RunResult, tries: Tries) -> Decision:
+    """What to do with the batch of a run that ended (not one stopped by ghit-work itself)."""
+    if result.ok:
+        return Done()
+    if result.operator_stopped:
+        return GiveUp("stopped by the operator")
+    if result.rate_limited:
+        if result.retry_after is not None:
+            delay = result.retry_after  # the CLI said how long: not capped
+        else:
+            delay = backoff(config.run_backoff, tries.rate_limited)
+        return Retry(delay, tries.attempt, rate_limited=True)
+    if tries.attempt >= config.run_attempts:
+        attempts = "attempt" if config.run_attempts == 1 else "attempts"
+        return GiveUp(f"{result.describe()} on the last of {config.run_attempts} {attempts}")
+    return Retry(backoff(config.run_backoff, tries.attempt - 1), tries.attempt + 1, False)
+
+
+def next_tries(tries: Tries, decision: Decision) -> Tries:
+    """The batch's standing once `decision` is carried out."""
+    if isinstance(decision, Retry):
+        return Tries(decision.attempt, tries.rate_limited + decision.rate_limited)
+    return Tries()
+
+
+# -- budgets: may a run start now?
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """No run before `until`, because of `budget` (named as the config names it)."""
+
+    until: float
+    budget: str
+
+
+def run_budget_allows_at(
+    budget: Budget | None, starts: Iterable[float], now: float
+) -> float | None:
+    """None when a run may start now under a run budget ("N/WINDOW": at most N starts in any
+    rolling window); else the time at which the window allows the next start."""
+    if budget is None:
+        return None
+    since = now - budget.window
+    recent = [started for started in starts if started > since]
+    if len(recent) < budget.runs:
+        return None
+    return recent[-budget.runs] + budget.window
+
+
+def throttle(config: AgentConfig, starts: Iterable[float], now: float) -> Throttle | None:
+    """The budget that holds the agent back now, if any."""
+    until = run_budget_allows_at(config.budget, starts, now)
+    if until is not None:
+        return Throttle(until, f"budget {config.budget}")
+    return None
+
+
+def describe_retry(retry: Retry, attempts: int, clock_time: str) -> str:
+    """`attempt 2/3 at 12:00:30Z (in 30s)`, or for a rate limit `rate-limited: attempt 2/3
+    again at ...`."""
+    when = f"at {clock_time} (in {format_duration(retry.delay)})"
+    if retry.rate_limited:
+        return f"rate-limited: attempt {retry.attempt}/{attempts} again {when}"
+    return f"attempt {retry.attempt}/{attempts} {when}"

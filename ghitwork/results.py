@@ -1,0 +1,81 @@
+"""How a run ended: a value, never an exception."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+
+from ghitwork.durations import format_duration
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """How an invocation ended. A failure is a value, never an exception."""
+
+    agent: str
+    event_ids: tuple[int, ...]
+    command: tuple[str, ...]
+    started: float
+    ended: float
+    pid: int | None = None
+    returncode: int | None = None  # exit status; None when killed by a signal or not started
+    signal: int | None = None
+    error: str | None = None  # could not start
+    timed_out: bool = False
+    stalled: bool = False
+    stopped: bool = False  # terminated because ghit-work stopped: its events come again
+    operator_stopped: bool = False
+    rate_limited: bool = False  # failed, and its output matched rate_limit_pattern
+    retry_after: float | None = None  # seconds the rate limit asked to wait
+    session_id: str | None = None
+    resumed: bool = False
+    attempt: int = 1
+    log_files: tuple[str, ...] = ()
+    last_stderr: str = ""
+    limits: tuple[float | None, float | None] = (None, None)  # (timeout, stall_timeout)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.returncode == 0
+            and self.error is None
+            and not (self.timed_out or self.stalled or self.operator_stopped)
+        )
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.ended - self.started)
+
+    @property
+    def outcome(self) -> str:
+        """`ok`, `failed`, `timeout`, `stalled`, `killed` or `rate_limited` (the metrics'
+        outcome label)."""
+        if self.ok:
+            return "ok"
+        if self.rate_limited:
+            return "rate_limited"
+        if self.timed_out:
+            return "timeout"
+        if self.stalled:
+            return "stalled"
+        if self.signal is not None or self.operator_stopped:
+            return "killed"
+        return "failed"
+
+    def describe(self) -> str:
+        if self.error is not None:
+            return self.error
+        timeout, stall = self.limits
+        if self.timed_out:
+            return "timed out" + (f" after {format_duration(timeout)}" if timeout else "")
+        if self.stalled:
+            return "stalled" + (f" (no output for {format_duration(stall)})" if stall else "")
+        if self.operator_stopped:
+            return "stopped by the operator"
+        if self.signal is not None:
+            name = signal.Signals(self.signal).name if self.signal in SIGNALS else str(self.signal)
+            return f"killed by {name}"
+        return f"exit {self.returncode}"
+
+
+SIGNALS = {s.value for s in signal.Signals}
