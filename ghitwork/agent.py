@@ -154,27 +154,28 @@ class Agent:
             and self.state not in WAITING
         )
 
-    def wake(self) -> bool:
-        """Request a run when there is something to do and nothing outstanding."""
+    def wake(self, was: AgentState | None = None) -> bool:
+        """Request a run when there is something to do and nothing outstanding. `was`: the
+        state to report it came from, when not the current one."""
         if self.outstanding or not self.pending or not self.runnable or self._request is None:
             return False
         held = policy.throttle(self.config, self.runs, self.clock())
         if held is not None:
-            self._throttle(held)
+            self._throttle(held, was)
             return False
         self.outstanding = True
-        self._set(AgentState.QUEUED)
+        self._set(AgentState.QUEUED, was=was)
         self._request(reactivex.defer(lambda _scheduler: self._start()))
         return True
 
-    def _throttle(self, held: policy.Throttle) -> None:
+    def _throttle(self, held: policy.Throttle, was: AgentState | None = None) -> None:
         delay = max(0.0, held.until - self.clock())
         reason = (
             f"{held.budget} used up, runs again at {clock_time(held.until)} "
             f"(in {format_duration(delay)}){self._hot_scope()}"
         )
         self.due = held.until
-        self._set(AgentState.THROTTLED, reason)
+        self._set(AgentState.THROTTLED, reason, was)
         self._timer = self.schedule(delay, self._release)
 
     def _hot_scope(self) -> str:
@@ -198,8 +199,8 @@ class Agent:
             return
         self.due = None
         waited, self.state = self.state, AgentState.IDLE
-        if self.wake() or self.state is not AgentState.IDLE:
-            return  # reported as idle -> queued, or -> throttled
+        if self.wake(was=waited) or self.state is not AgentState.IDLE:
+            return  # reported as retrying -> queued, or -> throttled
         self.state = waited
         self._set(AgentState.IDLE)
         self._complete_if_done()
@@ -306,10 +307,10 @@ class Agent:
             complete, self._complete = self._complete, None
             complete()
 
-    def _set(self, new: AgentState, reason: str = "") -> None:
-        if new is self.state:
+    def _set(self, new: AgentState, reason: str = "", was: AgentState | None = None) -> None:
+        if new is self.state and was is None:
             return
-        old, self.state = self.state, new
+        old, self.state = was or self.state, new
         self._publish(
             AgentChanged(agent=self.name, old=old, new=new, queue=len(self.pending), reason=reason)
         )

@@ -79,6 +79,7 @@ class Daemon:
         self._stop_requested = asyncio.Event()
         self._interrupts = 0
         self._requests: asyncio.TimerHandle | None = None
+        self._injecting = True  # the flow still takes injected events
 
     def _cursor(self) -> int | None:
         return self.source.cursor if self.source else None
@@ -207,6 +208,7 @@ class Daemon:
             Level.INFO, "drain", "tail-events finished: delivering every queued batch, then exiting"
         )
         self.events.on_completed()
+        self._injecting = False
         self.injected.on_completed()
         stop_task = asyncio.ensure_future(self._stop_requested.wait())
         await asyncio.wait([drained, stop_task], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
@@ -317,8 +319,11 @@ class Daemon:
         """Hand dead letters back to their agents (ids no longer dead letters are skipped);
         returns how many were."""
         pairs = self.dispatcher.redeliver(ids, by)
-        for pair in pairs:
-            self.injected.on_next(pair)  # creates the agent's group if it has none yet
+        for name, events in pairs:
+            if self._injecting:
+                self.injected.on_next((name, events))  # gives the agent a group if need be
+            else:  # the flow is draining: kept queued, saved at the stop
+                self.dispatcher.agents[name].queue(events)
         return len(pairs)
 
     def _warn_missing_commands(self) -> None:

@@ -180,9 +180,9 @@ class Dispatcher:
         return letter
 
     def redeliver(self, ids: Sequence[int], by: str) -> list[Pair]:
-        """Hand dead letters back; ids no longer in the list are skipped. The events are
-        queued at once (so a stop saves them) and journaled before this returns; the caller
-        injects the pairs so that an agent without a group yet gets one."""
+        """Hand dead letters back; ids no longer in the list are skipped. Journaled before
+        this returns; the caller injects the pairs into the flow (which gives an agent
+        without a group one), or queues them when the flow no longer takes any."""
         letters = tuple(
             self.dead_letters.pop(i) for i in sorted(set(ids)) if i in self.dead_letters
         )
@@ -196,7 +196,6 @@ class Dispatcher:
             )
             agent = self.agents.get(letter.agent) or self._removed_agent(letter.agent)
             agent.redelivered.update(event.id for event in events)
-            agent.queue(events)
             pairs.append((letter.agent, events))
         return pairs
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from ghitwork.children import left_behind
 
 BIN = Path(sys.executable).parent
 GHIT_WORK = str(BIN / "ghit-work")
@@ -170,8 +174,17 @@ class Setup:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Setup:
-    return Setup(tmp_path)
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    yield Setup(tmp_path)
+    end_leftovers(tmp_path / ".ghit-work")
+
+
+def end_leftovers(state_dir: Path) -> None:
+    """A test ends everything it started, however it ended: the process groups a killed
+    ghit-work recorded in its state dir (agents; tail-events dies with its parent)."""
+    for group in left_behind(state_dir / "children"):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group.pgid, signal.SIGKILL)
 
 
 class Running:
