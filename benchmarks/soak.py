@@ -1,4 +1,4 @@
-"""Soak: a minute of random tail-events crashes, agent failures, reloads and one kill -9.
+"""Soak: a minute of random tail-events crashes, agent failures (retried), reloads and one kill -9.
 
 Run with `nox -s bench` (or `python benchmarks/soak.py [SECONDS]`). It reports whether every
 matched event reached its agent at least once, whether any batch was out of order, and how many
@@ -80,6 +80,7 @@ def write_config(path: Path, record: Path, extra_scope: int) -> None:
         'tail_cmd = ["sh", "tail.sh", "events.jsonl"]',
         'retry = "1m"',
         "limit = 3",
+        'run_backoff = "0.5s"',  # failed batches are retried within the soak
         'agent_prompt = "{{ redelivered }}:{% for e in events %}{{ e.id }} {% endfor %}"',
     ]
     for name, (scopes, kinds) in AGENTS.items():
