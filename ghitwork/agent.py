@@ -88,6 +88,8 @@ class Agent:
         self.stopping = False
         self.removed = False  # not in the config any more (kept for its saved events)
         self.runs: list[float] = []  # start times of recent runs (for budgets)
+        # (end time, tokens, USD) of recent runs, for spend budgets (the ledger's list)
+        self.spent: Callable[[], Sequence[tuple[float, int, float]]] = lambda: ()
         self.run_scopes: deque[tuple[float, tuple[str, ...]]] = deque(maxlen=RECENT_STARTS)
         self._launch = launch
         self._publish = publish
@@ -159,7 +161,7 @@ class Agent:
         state to report it came from, when not the current one."""
         if self.outstanding or not self.pending or not self.runnable or self._request is None:
             return False
-        held = policy.throttle(self.config, self.runs, self.clock())
+        held = policy.throttle(self.config, self.runs, self.spent(), self.clock())
         if held is not None:
             self._throttle(held, was)
             return False

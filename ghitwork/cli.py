@@ -66,6 +66,14 @@ def _options(parser: argparse.ArgumentParser, command: str | None) -> None:
         default=default or Path(DEFAULT_CONFIG),
         help=f"config file (default: ./{DEFAULT_CONFIG})",
     )
+    if command == "init":
+        parser.add_argument(
+            "--preset",
+            action="append",
+            choices=PRESETS,
+            metavar="{" + ",".join(PRESETS) + "}",
+            help="an agent set up for that CLI (repeatable; default: one of each)",
+        )
     if command in ("init", "dead-letters", "redeliver"):
         return
     parser.add_argument(
@@ -148,7 +156,7 @@ def main(
         args = build_parser().parse_args(argv)
         debug = args.log_level == "debug"
         if args.command == "init":
-            return init(args.config, out)
+            return init(args.config, out, args.preset or list(PRESETS))
         if args.command in ("dead-letters", "redeliver"):
             state_dir = load_config(args.config).state_dir
             if args.command == "dead-letters":
@@ -179,15 +187,20 @@ def main(
         return Exit.FAILURE
 
 
-INIT_FILES = ("ghit-work.toml", "prompt.md.j2")
+PRESETS = ("codex", "claude", "generic")
+PROMPT_FILE = "prompt.md.j2"
 
 
-def init(path: Path, out: TextIO) -> int:
-    """Write the example config at `path` and its prompt template beside it; never overwrite."""
+def init(path: Path, out: TextIO, presets: Sequence[str] = PRESETS) -> int:
+    """Write the example config at `path` (the [ghit-work] table, then one agent per preset)
+    and its prompt template beside it; never overwrite."""
     templates = resources.files("ghitwork") / "templates"
+    config = templates.joinpath("ghit-work.toml").read_text(encoding="utf-8")
+    for preset in dict.fromkeys(presets):
+        config += templates.joinpath(f"preset-{preset}.toml").read_text(encoding="utf-8")
     targets = {
-        path: templates / INIT_FILES[0],
-        path.parent / INIT_FILES[1]: templates / INIT_FILES[1],
+        path: config,
+        path.parent / PROMPT_FILE: templates.joinpath(PROMPT_FILE).read_text(encoding="utf-8"),
     }
     existing = [str(target) for target in targets if os.path.lexists(target)]
     if existing:
@@ -199,9 +212,9 @@ def init(path: Path, out: TextIO) -> int:
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     written = []
-    for target, source in targets.items():
+    for target, text in targets.items():
         with open(target, "x", encoding="utf-8") as handle:
-            handle.write(source.read_text(encoding="utf-8"))
+            handle.write(text)
         written.append(str(target))
     print(f"wrote {' and '.join(written)}", file=out)
     print(f"next: edit the agents, then `{PROG} check -c {path}`", file=out)
@@ -233,6 +246,20 @@ def check(config: Config, out: TextIO) -> None:
             f"    timeout:  {format_duration(agent.timeout) if agent.timeout else 'none'}", file=out
         )
         print(f"    logdir:   {agent.logdir or 'none'}", file=out)
+        if agent.usage_patterns:
+            price = (
+                "none"
+                if agent.price is None
+                else (f"${agent.price.input:g} in, ${agent.price.output:g} out per Mtok")
+            )
+            print(
+                f"    usage:    {len(agent.usage_patterns)} pattern(s), {agent.usage_totals} "
+                f"totals, price {price}",
+                file=out,
+            )
+        for name, spend in (("cost", agent.cost_budget), ("tokens", agent.token_budget)):
+            if spend is not None:
+                print(f"    {name + ':':<9} {spend}", file=out)
         print(f"    prompt:   {agent.prompt.origin}", file=out)
     if config.enabled_agents:
         argv = tail_command(config.tail_cmd, config.agents, None)

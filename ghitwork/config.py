@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ghitwork import prompt
-from ghitwork.durations import Budget
+from ghitwork.durations import Budget, SpendBudget
 from ghitwork.prompt import PromptTemplate
+from ghitwork.usage import Price
 
 DEFAULT_CONFIG = "ghit-work.toml"
 DEFAULT_RETRY = 300.0
@@ -62,6 +63,11 @@ class AgentConfig:
     run_backoff: float = DEFAULT_RUN_BACKOFF
     stall_timeout: float | None = None
     rate_limit_pattern: re.Pattern[str] | None = None
+    usage_patterns: tuple[re.Pattern[str], ...] = ()
+    usage_totals: str = "run"  # or "session"
+    price: Price | None = None
+    cost_budget: SpendBudget | None = None
+    token_budget: SpendBudget | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,6 +82,8 @@ class Config:
     budget: Budget | None = None
     run_attempts: int = DEFAULT_RUN_ATTEMPTS
     run_backoff: float = DEFAULT_RUN_BACKOFF
+    cost_budget: SpendBudget | None = None
+    token_budget: SpendBudget | None = None
 
     @property
     def enabled_agents(self) -> tuple[AgentConfig, ...]:

@@ -21,9 +21,18 @@ from ghitwork.config import (
     Config,
     ConfigError,
 )
-from ghitwork.durations import Budget, DurationError, parse_budget, parse_duration
+from ghitwork.durations import (
+    Budget,
+    DurationError,
+    SpendBudget,
+    parse_budget,
+    parse_duration,
+    parse_spend,
+)
 from ghitwork.prompt import PromptTemplate
 from ghitwork.scopes import scope_problem
+from ghitwork.usage import GROUPS as USAGE_GROUPS
+from ghitwork.usage import Price
 
 GLOBAL_KEYS = {
     "agent_prompt",
@@ -35,6 +44,8 @@ GLOBAL_KEYS = {
     "budget",
     "run_attempts",
     "run_backoff",
+    "cost_budget",
+    "token_budget",
 }
 AGENT_KEYS = {
     "cmd",
@@ -53,9 +64,15 @@ AGENT_KEYS = {
     "run_backoff",
     "stall_timeout",
     "rate_limit_pattern",
+    "usage_patterns",
+    "usage_totals",
+    "price",
+    "cost_budget",
+    "token_budget",
     "agent_prompt",
     "agent_prompt_file",
 }
+PRICE_KEYS = {"input", "output", "cached"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,8 @@ class _Defaults:
     budget: Budget | None
     run_attempts: int
     run_backoff: float
+    cost_budget: SpendBudget | None
+    token_budget: SpendBudget | None
 
 
 class Reader:
@@ -222,8 +241,60 @@ class Reader:
             if "stall_timeout" in table
             else None,
             rate_limit_pattern=rate_limit,
+            usage_patterns=self.usage_patterns(table, key),
+            usage_totals=self.usage_totals(table, key),
+            price=self.price(table["price"], f"{key}.price") if "price" in table else None,
+            cost_budget=self.spend(table, "cost_budget", key, defaults.cost_budget),
+            token_budget=self.spend(table, "token_budget", key, defaults.token_budget),
             prompt=self.prompt(table, key, defaults.prompt),
         )
+
+    def spend(
+        self, table: Mapping[str, Any], name: str, key: str, default: SpendBudget | None
+    ) -> SpendBudget | None:
+        if name not in table:
+            return default
+        try:
+            return parse_spend(table[name], tokens=name == "token_budget")
+        except DurationError as error:
+            raise self.fail(f"{key}.{name}", str(error)) from None
+
+    def usage_patterns(self, table: Mapping[str, Any], key: str) -> tuple[re.Pattern[str], ...]:
+        raw = table.get("usage_patterns", [])
+        where = f"{key}.usage_patterns"
+        if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+            raise self.fail(where, "expected a list of regular expressions (strings)")
+        patterns = []
+        for index, source in enumerate(raw):
+            pattern = self.regex(source, f"{where}[{index}]", groups=USAGE_GROUPS)
+            if not pattern.groupindex:
+                known = ", ".join(f"(?P<{g}>...)" for g in USAGE_GROUPS)
+                raise self.fail(f"{where}[{index}]", f"captures nothing; name a group: {known}")
+            patterns.append(pattern)
+        return tuple(patterns)
+
+    def usage_totals(self, table: Mapping[str, Any], key: str) -> str:
+        value = table.get("usage_totals", "run")
+        if value not in ("run", "session"):
+            expected = 'expected "run" (per run) or "session" (the session\'s running totals)'
+            raise self.fail(f"{key}.usage_totals", f"{expected}, got {_kind(value)}")
+        return str(value)
+
+    def price(self, value: object, key: str) -> Price:
+        table = self.table(value, key)
+        self.unknown(table, PRICE_KEYS, key)
+        prices: dict[str, float] = {}
+        for name, amount in table.items():
+            if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
+                raise self.fail(
+                    f"{key}.{name}",
+                    f"expected USD per million tokens (0 or more), got {_kind(amount)}",
+                )
+            prices[name] = float(amount)
+        for required in ("input", "output"):
+            if required not in prices:
+                raise self.fail(f"{key}.{required}", "missing (USD per million tokens)")
+        return Price(prices["input"], prices["output"], prices.get("cached"))
 
     def attempts(self, value: object, key: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -272,6 +343,8 @@ class Reader:
             run_backoff=self.duration(top["run_backoff"], "ghit-work.run_backoff")
             if "run_backoff" in top
             else DEFAULT_RUN_BACKOFF,
+            cost_budget=self.spend(top, "cost_budget", "ghit-work", None),
+            token_budget=self.spend(top, "token_budget", "ghit-work", None),
         )
         agents_table = self.table(data.get("agents", {}), "agents")
         if not agents_table:
@@ -299,6 +372,8 @@ class Reader:
             budget=defaults.budget,
             run_attempts=defaults.run_attempts,
             run_backoff=defaults.run_backoff,
+            cost_budget=defaults.cost_budget,
+            token_budget=defaults.token_budget,
         )
 
 

@@ -34,8 +34,10 @@ from ghitwork.state import (
     SourceExited,
     SourceRetry,
     SourceStarted,
+    UsageLoaded,
 )
 from ghitwork.status import LEVELS, describe, id_ranges, routed_line
+from ghitwork.usage import NO_USAGE, Usage, day_of
 
 MAX_EVENTS = 500
 MAX_LOG = 2000
@@ -70,6 +72,9 @@ class AgentView:
     runs: tuple[RunResult, ...] = ()
     problem: str = ""
     config: AgentConfig | None = None
+    usage_total: Usage = NO_USAGE
+    usage_today: Usage = NO_USAGE
+    today: str = ""  # the day usage_today is of
     attempt: int = 1  # of the current run, or of the next one while retrying
     due: float | None = None  # when a retrying or rate-limited agent runs again
     dead_letters: tuple[DeadLetter, ...] = ()
@@ -93,6 +98,7 @@ class View:
     events_seen: int = 0
     batches_run: int = 0
     failures: int = 0
+    cost_today: float = 0.0  # the fleet's
     agents: tuple[AgentView, ...] = ()
     events: tuple[EventLine, ...] = ()
     attention: tuple[str, ...] = ()
@@ -165,6 +171,11 @@ class DashboardModel:
             self._finished(change)
         elif isinstance(change, DeadLettersLoaded | DeadLettersRedelivered):
             self._dead_letters(change)
+        elif isinstance(change, UsageLoaded):
+            day = day_of(self.clock())
+            for name, total in change.totals.items():
+                today = change.days.get(name, {}).get(day, Usage())
+                self._agent(name, usage_total=total, usage_today=today, today=day)
         elif isinstance(change, SourceStarted):
             self.health, self.retry_at = "healthy", None
         elif isinstance(change, SourceRetry):
@@ -258,6 +269,11 @@ class DashboardModel:
         letters = current.view.dead_letters
         if change.dead_letter is not None:
             letters = (*letters, change.dead_letter)
+        total, today, day = current.view.usage_total, current.view.usage_today, current.view.today
+        if result.charge is not None:
+            if result.charge.day != day:
+                today, day = Usage(), result.charge.day
+            total, today = total + result.charge.usage, today + result.charge.usage
         current.view = replace(
             current.view,
             state=change.new,
@@ -270,6 +286,9 @@ class DashboardModel:
             attempt=change.retry.attempt if change.retry else 1,
             due=change.retry_at,
             dead_letters=letters,
+            usage_total=total,
+            usage_today=today,
+            today=day,
         )
 
     def _dead_letters(self, change: DeadLettersLoaded | DeadLettersRedelivered) -> None:
@@ -287,6 +306,10 @@ class DashboardModel:
         if self._view is not None and self._view_version == self.version:
             return self._view
         config = self.config
+        day = day_of(self.clock())
+        cost_today = sum(
+            a.view.usage_today.cost_usd for a in self.agents.values() if a.view.today == day
+        )
         self._view = View(
             config_path=str(config.path) if config else "",
             limit=config.limit if config else 0,
@@ -297,6 +320,7 @@ class DashboardModel:
             events_seen=self.events_seen,
             batches_run=self.batches_run,
             failures=self.failures,
+            cost_today=cost_today,
             agents=tuple(a.view for a in self.agents.values()),
             events=tuple(self.events),
             attention=tuple(self.attention),

@@ -17,7 +17,7 @@ from pathlib import Path
 import reactivex
 from reactivex import Observable
 
-from ghitwork import prompt
+from ghitwork import prompt, usage
 from ghitwork.agent import Agent, CannotStart
 from ghitwork.children import Children
 from ghitwork.config import AgentConfig, Config
@@ -26,7 +26,7 @@ from ghitwork.events import Event, to_event
 from ghitwork.output import Patterns
 from ghitwork.results import RunResult
 from ghitwork.routing import Matcher, Pair
-from ghitwork.runner import Invocation, Why, agent_environment
+from ghitwork.runner import Account, Invocation, Why, agent_environment
 from ghitwork.state import (
     AgentState,
     Change,
@@ -36,8 +36,10 @@ from ghitwork.state import (
     Level,
     Notice,
     Route,
+    UsageLoaded,
 )
 from ghitwork.store import Saved, SavedAgent
+from ghitwork.usage import Ledger, Tally
 
 
 class Dispatcher:
@@ -60,6 +62,7 @@ class Dispatcher:
         self.running: dict[str, Invocation] = {}
         self.dead_letters: dict[int, DeadLetter] = {}
         self.next_dead_letter = 1
+        self.ledger = Ledger()
         self._idle_waiters: list[asyncio.Future[None]] = []
         for agent in config.agents:
             self.mailbox(agent.name)
@@ -74,6 +77,7 @@ class Dispatcher:
 
     def _agent(self, config: AgentConfig) -> Agent:
         agent = Agent(config, self.launch, self.publish, self._check_idle, bury=self.bury)
+        agent.spent = lambda: self.ledger.recent(config.name)
         self.agents[config.name] = agent
         return agent
 
@@ -126,13 +130,16 @@ class Dispatcher:
             timeout=config.timeout,
             stall_timeout=config.stall_timeout,
             logdir=config.logdir,
-            patterns=Patterns(config.session_id_pattern, config.rate_limit_pattern),
+            patterns=Patterns(
+                config.session_id_pattern, config.rate_limit_pattern, config.usage_patterns
+            ),
             resumed=resumed,
             attempt=agent.tries.attempt,
             secrets=self.secrets,
             forward=None if config.logdir else self._forwarder(config.name),
             on_start=lambda pgid: self.children.add(pgid, f"agent {config.name}"),
             on_gone=self.children.remove,
+            account=self._account(agent.session_id if resumed else None),
         )
         self.running[config.name] = invocation
 
@@ -143,6 +150,29 @@ class Dispatcher:
                 self.running.pop(config.name, None)
 
         return reactivex.from_future(asyncio.ensure_future(run()))
+
+    def _account(self, resumed: str | None) -> Account:
+        """How a run's usage is reckoned: for a session's running totals, against what the
+        ledger holds for that session (the one it printed, or the one it resumed)."""
+
+        def account(result: RunResult, tally: Tally) -> RunResult:
+            config = self.agents[result.agent].config
+            session = result.session_id or resumed
+            charge = usage.charge(
+                result.agent,
+                tally,
+                config.usage_totals,
+                config.price,
+                session,
+                self.ledger.session_total(result.agent, session),
+                result.ended,
+            )
+            if charge is None:
+                return result
+            self.ledger.apply(charge)  # the journal writes it with the RunFinished
+            return replace(result, charge=charge)
+
+        return account
 
     def _forwarder(self, name: str) -> Callable[[str, str], None]:
         def forward(stream: str, line: str) -> None:
@@ -232,6 +262,14 @@ class Dispatcher:
         """Session ids and redelivery marks from the last run, and the saved events, to be
         delivered before anything new. Agents no longer in the config keep theirs, disabled."""
         pairs: list[Pair] = []
+        self.ledger = saved.ledger
+        if self.ledger.agents:
+            self.publish(
+                UsageLoaded(
+                    totals={name: a.total for name, a in self.ledger.agents.items()},
+                    days={name: dict(a.days) for name, a in self.ledger.agents.items()},
+                )
+            )
         self.dead_letters = {i: DeadLetter.from_record(d) for i, d in saved.dead.items()}
         self.next_dead_letter = max(saved.next_dead_letter, max(self.dead_letters, default=0) + 1)
         if self.dead_letters:
@@ -280,6 +318,7 @@ class Dispatcher:
             cursor=cursor,
             dead={i: letter.record() for i, letter in self.dead_letters.items()},
             next_dead_letter=self.next_dead_letter,
+            ledger=self.ledger,
         )
         for name, agent in self.agents.items():
             events = [*agent.batch, *agent.pending]

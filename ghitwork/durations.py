@@ -91,3 +91,48 @@ def parse_budget(value: object) -> Budget:
     if seconds <= 0:
         raise DurationError(f'"{value}" has an empty window; use a duration such as "1h"')
     return Budget(runs, seconds)
+
+
+MAX_SPEND_WINDOW = 31 * 86400.0  # spend is remembered this long (usage.SPEND_HORIZON)
+
+
+@dataclass(frozen=True, slots=True)
+class SpendBudget:
+    """At most `amount` USD (`cost_budget`) or tokens (`token_budget`) in any rolling
+    `window` seconds."""
+
+    amount: float
+    window: float
+    tokens: bool  # a token budget; else USD
+
+    def __str__(self) -> str:
+        amount = f"{int(self.amount)}" if self.tokens else f"{self.amount:.2f}"
+        return f"{amount}/{format_duration(self.window)}"
+
+    def shown(self, value: float) -> str:
+        return f"{int(value):,} tokens" if self.tokens else f"${value:.2f}"
+
+
+def parse_spend(value: object, tokens: bool) -> SpendBudget:
+    """A spend budget "AMOUNT/DURATION": "5.00/1d" (USD) or "2000000/1d" (tokens)."""
+    example = '"2000000/1d": 2 million tokens a day' if tokens else '"5.00/1d": $5 a day'
+    shown = f'"{value}"' if isinstance(value, str) else repr(value)
+    if not isinstance(value, str) or "/" not in value:
+        raise DurationError(f"{shown} is not a budget (try {example})")
+    amount_text, _, window_text = value.partition("/")
+    amount_text = amount_text.strip().lstrip("$").replace(",", "").replace("_", "")
+    try:
+        amount = int(amount_text) if tokens else float(amount_text)
+    except ValueError:
+        raise DurationError(f"{shown} is not a budget (try {example})") from None
+    if not amount > 0 or amount != amount or amount == float("inf"):
+        raise DurationError(f"{shown} allows nothing; the amount must be more than 0")
+    try:
+        seconds = parse_duration(window_text.strip())
+    except DurationError:
+        raise DurationError(f"{shown} is not a budget (try {example})") from None
+    if seconds <= 0:
+        raise DurationError(f'{shown} has an empty window; use a duration such as "1d"')
+    if seconds > MAX_SPEND_WINDOW:
+        raise DurationError(f"{shown}: the window is at most 31d (spend is kept that long)")
+    return SpendBudget(float(amount), seconds, tokens)

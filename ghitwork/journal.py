@@ -71,6 +71,8 @@ class Journal:
             # Done means succeeded, or safely a dead letter: a batch waiting for its retry
             # stays pending in the journal, and comes again after a crash.
             result = change.result
+            if result.charge is not None:  # spent, whatever became of the batch
+                self.store.record({"usage": result.charge.to_record()})
             if change.dead_letter is not None:
                 self.store.record({"dead": change.dead_letter.record()})
             elif result.ok:

@@ -1,7 +1,8 @@
 """Reading a run's output: split into lines, archived, searched for what ghit-work needs.
 
-Each line of stdout and stderr is searched for the session id (`session_id_pattern`) and, for
-a failed run, a rate limit (`rate_limit_pattern`, with an optional `seconds` group). A line is
+Each line of stdout and stderr is searched for the session id (`session_id_pattern`), for a
+failed run a rate limit (`rate_limit_pattern`, with an optional `seconds` group), and token use
+and cost (`usage_patterns`, usage.py). A line is
 searched up to MAX_LINE bytes; a longer one is cut, never accumulated further, so a 64 MiB line
 costs one copy, not a quadratic rebuild.
 """
@@ -14,19 +15,11 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from ghitwork.archive import Redactor
+from ghitwork.usage import Tally, parse_number
 
 MAX_LINE = 1024 * 1024  # longest line searched or forwarded; the rest of it is skipped
 
 OutputSink = Callable[[str, str], None]  # (stream name, line)
-_SEPARATORS = str.maketrans("", "", ",_")
-
-
-def parse_number(text: str) -> float | None:
-    """A number as CLIs print them: `1234`, `1,234`, `1_234`, `0.0095`; None if it is not."""
-    try:
-        return float(text.strip().translate(_SEPARATORS))
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -35,6 +28,7 @@ class Patterns:
 
     session_id: re.Pattern[str] | None = None
     rate_limit: re.Pattern[str] | None = None
+    usage: tuple[re.Pattern[str], ...] = ()
 
 
 @dataclass
@@ -44,6 +38,7 @@ class Findings:
     session_id: str | None = None
     rate_limited: bool = False
     retry_after: float | None = None
+    tally: Tally = field(default_factory=Tally)
 
 
 @dataclass
@@ -100,6 +95,9 @@ class Stream:
                 seconds = match.groupdict().get("seconds")
                 if seconds is not None:
                     findings.retry_after = parse_number(seconds)
+        for pattern in patterns.usage:
+            for match in pattern.finditer(text):
+                findings.tally.add(match)
         if text.strip():
             self.last_line = self.redactor.text(text)[:500]
             if self.forward is not None:

@@ -155,7 +155,10 @@ def _header(paint: _Painter, view: View, now: float) -> None:
         0, health, HEALTH_COLOURS.get(view.health, Screen.COLOUR_WHITE), Screen.A_BOLD, x=x
     )
     paint.line(
-        0, f"  events {view.events_seen}  batches {view.batches_run}  failures {view.failures}", x=x
+        0,
+        f"  ${view.cost_today:.2f} today  events {view.events_seen}  batches {view.batches_run}"
+        f"  failures {view.failures}",
+        x=x,
     )
 
 
@@ -314,6 +317,11 @@ def _details(agent: AgentView, now: float) -> list[str]:
             f"{format_duration(config.stall_timeout) if config.stall_timeout else 'none'}",
         ]
     lines.append(f"  session:  {agent.session_id or 'none'}")
+    last = agent.runs[-1].usage if agent.runs else None
+    lines.append(
+        f"  usage:    last run {last.describe() if last else 'none'}; "
+        f"today {agent.usage_today.describe()}; total {agent.usage_total.describe()}"
+    )
     if agent.batch:
         lines.append(f"current batch [{batch_text(agent)}]:")
         lines += [f"  {ident:>7} {kind:<20} {title}" for ident, kind, title in agent.batch]
@@ -328,6 +336,8 @@ def _details(agent: AgentView, now: float) -> list[str]:
             f"  {stamp}  {run.describe():<18} {format_duration(run.duration):>6}  "
             f"#{run.attempt}  [{id_ranges(run.event_ids)}]"
         )
+        if run.usage is not None:
+            lines.append(f"            {run.usage.describe()}")
         if run.log_files:
             lines.append(f"            logs: {run.log_files[0].rsplit('.', 1)[0]}.*")
     lines.append(

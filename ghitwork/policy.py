@@ -14,12 +14,13 @@ alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ghitwork.config import AgentConfig
-from ghitwork.durations import Budget, format_duration
+from ghitwork.durations import Budget, SpendBudget, format_duration
 from ghitwork.results import RunResult
+from ghitwork.usage import spent_since
 
 MAX_BACKOFF = 600.0  # the doubling stops at 10 minutes
 
@@ -113,12 +114,48 @@ def run_budget_allows_at(
     return recent[-budget.runs] + budget.window
 
 
-def throttle(config: AgentConfig, starts: Iterable[float], now: float) -> Throttle | None:
-    """The budget that holds the agent back now, if any."""
+def spend_allows_at(
+    budget: SpendBudget | None, spent: Sequence[tuple[float, int, float]], now: float
+) -> float | None:
+    """None while the spend (tokens or USD) of runs that ended in the rolling window is under
+    the budget; else the time at which enough of it leaves the window. Spend is known only
+    when a run ends, so the run that crosses the budget is not stopped: a budget is
+    overshot by at most one run."""
+    if budget is None:
+        return None
+    since = now - budget.window
+    window = [(t, tokens if budget.tokens else cost) for t, tokens, cost in spent if t > since]
+    total = sum(value for _, value in window)
+    if total < budget.amount:
+        return None
+    for moment, value in sorted(window):
+        total -= value
+        if total < budget.amount:
+            return moment + budget.window
+    return now + budget.window  # unreachable: the loop empties the window
+
+
+def throttle(
+    config: AgentConfig,
+    starts: Iterable[float],
+    spent: Sequence[tuple[float, int, float]],
+    now: float,
+) -> Throttle | None:
+    """The budget that holds the agent back now (the one that holds it longest), if any."""
+    held = []
     until = run_budget_allows_at(config.budget, starts, now)
     if until is not None:
-        return Throttle(until, f"budget {config.budget}")
-    return None
+        held.append(Throttle(until, f"budget {config.budget}"))
+    for name, budget in (
+        ("cost_budget", config.cost_budget),
+        ("token_budget", config.token_budget),
+    ):
+        until = spend_allows_at(budget, spent, now)
+        if until is not None and budget is not None:
+            tokens, cost = spent_since(spent, now - budget.window)
+            used = budget.shown(tokens if budget.tokens else cost)
+            held.append(Throttle(until, f"{name} {budget} ({used} spent)"))
+    return max(held, key=lambda throttle: throttle.until, default=None)
 
 
 def describe_retry(retry: Retry, attempts: int, clock_time: str) -> str:

@@ -6,6 +6,7 @@ import signal
 from dataclasses import dataclass
 
 from ghitwork.durations import format_duration
+from ghitwork.usage import Charge, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,11 @@ class RunResult:
     log_files: tuple[str, ...] = ()
     last_stderr: str = ""
     limits: tuple[float | None, float | None] = (None, None)  # (timeout, stall_timeout)
+    charge: Charge | None = None  # its token use and cost, when its output told them
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.charge.usage if self.charge is not None else None
 
     @property
     def ok(self) -> bool:

@@ -25,12 +25,16 @@ from ghitwork.archive import LogFiles, Redactor, iso, write_atomic
 from ghitwork.config import SCRUBBED_ENV
 from ghitwork.output import Findings, OutputSink, Patterns, Stream
 from ghitwork.results import SIGNALS, RunResult
+from ghitwork.usage import GROUPS as USAGE_GROUPS
+from ghitwork.usage import Tally
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 PIPE_GRACE = 2.0  # how long output is still read after the agent exited
 
 # `on_start(pgid)` when a process group starts, `on_gone(pgid)` once nothing of it is left.
 GroupHook = Callable[[int], None]
+# What the run spent, from what its output said: the result with its `charge`.
+Account = Callable[[RunResult, Tally], RunResult]
 NO_PATTERNS = Patterns()
 
 
@@ -111,6 +115,7 @@ class Invocation:
         forward: OutputSink | None = None,
         on_start: GroupHook | None = None,
         on_gone: GroupHook | None = None,
+        account: Account | None = None,
     ) -> None:
         self.agent = agent
         self.argv = tuple(argv)
@@ -128,6 +133,7 @@ class Invocation:
         self.forward = forward
         self.on_start = on_start
         self.on_gone = on_gone
+        self.account = account
         self.pid: int | None = None
         self._why: Why | None = None
         self._exited = False
@@ -160,7 +166,9 @@ class Invocation:
                 return self._result(
                     started, error=f"cannot write logs in {self.logdir}: {error.strerror or error}"
                 )
-        result = await self._run(started, logs)
+        result, tally = await self._run(started, logs)
+        if self.account is not None:
+            result = self.account(result, tally)
         if logs is not None:
             with contextlib.suppress(OSError):
                 logs.write_record(self.record(result), self.secrets)
@@ -179,12 +187,11 @@ class Invocation:
             **fields,  # type: ignore[arg-type]
         )
 
-    async def _run(self, started: float, logs: LogFiles | None) -> RunResult:
+    async def _run(self, started: float, logs: LogFiles | None) -> tuple[RunResult, Tally]:
         files = logs.all if logs else ()
         if not self.workdir.is_dir():
-            return self._result(
-                started, error=f"workdir {self.workdir} does not exist", log_files=files
-            )
+            error = f"workdir {self.workdir} does not exist"
+            return self._result(started, error=error, log_files=files), Tally()
         findings = Findings()
         streams = {
             fd: Stream(
@@ -212,7 +219,8 @@ class Invocation:
         except OSError as error:
             for stream in streams.values():
                 stream.close()
-            return self._result(started, error=_cannot_start(self.argv[0], error), log_files=files)
+            error_text = _cannot_start(self.argv[0], error)
+            return self._result(started, error=error_text, log_files=files), findings.tally
         self.pid = transport.get_pid()
         if self.on_start is not None:
             self.on_start(self.pid)
@@ -243,7 +251,7 @@ class Invocation:
         code = transport.get_returncode()
         why = self._why
         failed = not (code == 0 and why is None)
-        return RunResult(
+        result = RunResult(
             agent=self.agent,
             event_ids=self.event_ids,
             command=self.argv,
@@ -265,6 +273,7 @@ class Invocation:
             last_stderr=streams[2].last_line,
             limits=(self.timeout, self.stall_timeout),
         )
+        return result, findings.tally
 
     async def _watch(self, protocol: _Protocol) -> None:
         """Until the agent process exits, ending it when it runs past `timeout` or prints
@@ -321,6 +330,7 @@ class Invocation:
             "stopped": result.stopped,
             "attempt": result.attempt,
             "rate_limited": result.rate_limited,
+            **(result.usage.to_json() if result.usage else dict.fromkeys(USAGE_GROUPS)),
             "event_ids": list(result.event_ids),
             "session_id": result.session_id,
             "resumed": result.resumed,

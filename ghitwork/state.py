@@ -7,6 +7,7 @@ into the pipeline. Everything is published from the asyncio loop's thread, the o
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -17,6 +18,7 @@ from ghitwork.deadletters import DeadLetter
 from ghitwork.events import Event, Malformed
 from ghitwork.policy import Retry
 from ghitwork.results import RunResult
+from ghitwork.usage import Usage
 
 
 class AgentState(StrEnum):
@@ -84,6 +86,14 @@ class RunFinished(Change):
     retry: Retry | None = None
     retry_at: float | None = None
     dead_letter: DeadLetter | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageLoaded(Change):
+    """Token use and cost kept in state_dir, at start: per agent all-time and per day."""
+
+    totals: Mapping[str, Usage]
+    days: Mapping[str, Mapping[str, Usage]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

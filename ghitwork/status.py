@@ -32,6 +32,7 @@ from ghitwork.state import (
     SourceExited,
     SourceRetry,
     SourceStarted,
+    UsageLoaded,
 )
 
 LEVELS = {Level.DEBUG: 10, Level.INFO: 20, Level.WARNING: 30, Level.ERROR: 40}
@@ -93,6 +94,9 @@ def _finished(change: RunFinished) -> Line:
         f"{format_duration(result.duration)} [{id_ranges(result.event_ids)}]"
     )
     fields: dict[str, Any] = {"attempt": result.attempt, "attempts": change.attempts}
+    if result.usage is not None:
+        message += f"; {result.usage.describe()}"
+        fields.update(result.usage.to_json())
     if result.stopped:
         message += "; stopped, its events will be delivered again"
     else:
@@ -184,6 +188,8 @@ def describe(change: Change) -> Line | None:
         )
     if isinstance(change, RunFinished):
         return _finished(change)
+    if isinstance(change, UsageLoaded):
+        return None  # the TUI's; nothing worth a status line
     if isinstance(change, DeadLettersLoaded):
         count = len(change.letters)
         return Line(

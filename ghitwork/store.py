@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from ghitwork.usage import Charge, Ledger
+
 VERSION = 1
 MIN_COMPACT_BYTES = 16 * 1024 * 1024
 
@@ -52,6 +54,7 @@ class Saved:
     agents: dict[str, SavedAgent] = field(default_factory=dict)
     dead: dict[int, dict[str, Any]] = field(default_factory=dict)  # dead letter id -> record
     next_dead_letter: int = 1
+    ledger: Ledger = field(default_factory=Ledger)  # token use and cost
 
     def agent(self, name: str) -> SavedAgent:
         return self.agents.setdefault(name, SavedAgent())
@@ -89,6 +92,8 @@ class Saved:
                 agent.inflight.discard(int(event["id"]))
             self.dead[ident] = letter
             self.next_dead_letter = max(self.next_dead_letter, ident + 1)
+        elif "usage" in record:
+            self.ledger.apply(Charge.from_record(record["usage"]))
         elif "redeliver" in record:
             letter = self.dead.pop(int(record["redeliver"]), None)
             if letter is not None:
@@ -115,6 +120,7 @@ def _snapshot(saved: Saved, generation: int) -> dict[str, Any]:
         },
         "dead_letters": [saved.dead[i] for i in sorted(saved.dead)],
         "next_dead_letter": saved.next_dead_letter,
+        "usage": saved.ledger.to_json(),
     }
 
 
@@ -131,6 +137,7 @@ def _from_snapshot(data: Any) -> tuple[Saved, int]:
         )
     saved.dead = {int(letter["id"]): letter for letter in data.get("dead_letters", [])}
     saved.next_dead_letter = int(data.get("next_dead_letter", 1))
+    saved.ledger = Ledger.from_json(data.get("usage"))
     return saved, int(data.get("generation", 0))
 
 

@@ -27,6 +27,10 @@ def test_init_writes_a_config_that_passes_check(tmp_path: Path) -> None:
         "tail_cmd",
         "state_dir",
         "budget",
+        "run_attempts",
+        "run_backoff",
+        "cost_budget",
+        "token_budget",
         "cmd",
         "username",
         "workdir",
@@ -38,13 +42,55 @@ def test_init_writes_a_config_that_passes_check(tmp_path: Path) -> None:
         "session_id_pattern",
         "env",
         "timeout",
+        "stall_timeout",
+        "rate_limit_pattern",
+        "usage_patterns",
+        "usage_totals",
+        "price",
         "agent_prompt",
     ):
         assert f"{key} =" in config or f"# {key} =" in config or f".{key}]" in config, key
     checked = ghit_work("check", cwd=tmp_path, env=with_commands(tmp_path, "codex", "claude"))
     assert checked.returncode == 0, checked.stderr
-    assert "codex (enabled" in checked.stdout and "claude (disabled" in checked.stdout
-    assert "    budget:   30/1h\n" in checked.stdout, "check shows each agent's budget"
+    out = checked.stdout
+    assert "codex (enabled" in out and "claude (enabled" in out and "agent (enabled" in out
+    assert "    budget:   30/1h\n" in out, "check shows each agent's budget"
+    assert "usage:    1 pattern(s), session totals, price none" in out
+    assert "usage:    4 pattern(s), run totals, price none" in out
+
+
+def test_init_without_the_clis_installed_fails_check_naming_the_command(tmp_path: Path) -> None:
+    assert ghit_work("init", cwd=tmp_path).returncode == 0
+    env = with_commands(tmp_path, "claude")  # codex is not installed
+    env["PATH"] = str(tmp_path / "bin") + ":/usr/bin:/bin"
+    checked = ghit_work("check", cwd=tmp_path, env=env)
+    assert checked.returncode == 2
+    assert "ghit-work.toml: agents.codex.cmd: command not found: 'codex'" in checked.stderr
+
+
+def test_init_presets_choose_the_agents(tmp_path: Path) -> None:
+    result = ghit_work("init", "--preset", "generic", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    checked = ghit_work("check", cwd=tmp_path)
+    assert checked.returncode == 0, "the generic preset runs anywhere as written"
+    assert "agents: 1 (1 enabled)" in checked.stdout and "cmd:      cat" in checked.stdout
+    both = tmp_path / "both"
+    result = ghit_work(
+        "init",
+        "-c",
+        "both/ghit-work.toml",
+        "--preset",
+        "claude",
+        "--preset",
+        "codex",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    text = (both / "ghit-work.toml").read_text()
+    assert text.index("[agents.claude]") < text.index("[agents.codex]")
+    assert "[agents.agent]" not in text
+    bad = ghit_work("init", "-c", "x/g.toml", "--preset", "gemini", cwd=tmp_path)
+    assert bad.returncode == 2 and "invalid choice: 'gemini'" in bad.stderr
 
 
 def test_init_honours_the_config_path_and_creates_its_directory(tmp_path: Path) -> None:

@@ -108,3 +108,37 @@ def test_snapshot_writes_are_whole_files(tmp_path: Path) -> None:
     assert data["cursor"] == 7 and data["version"] == 1
     assert not list(tmp_path.glob(".*.tmp"))
     store.close()
+
+
+def test_usage_totals_survive_a_torn_write_exactly(tmp_path: Path) -> None:
+    """kill -9 in the middle of writing a usage record: the torn record is not applied, the
+    whole ones are applied once, whatever the byte the write stopped at."""
+    from ghitwork.usage import Charge, Usage
+
+    original = tmp_path / "original"
+    store, saved, _ = opened(original)
+    store.compact(saved)
+    for i in range(3):
+        charge = Charge("a", float(i), "2026-11-26", Usage(100, 10, 5, 0.01))
+        store.record({"usage": charge.to_record()})
+    store.flush()
+    store.close()
+    [journal] = original.glob("journal-*.jsonl")
+    whole = journal.read_bytes()
+    last = whole.rstrip(b"\n").rfind(b"\n") + 1  # where the third record starts
+    for cut in range(last, len(whole) + 1):
+        crashed = tmp_path / f"cut-{cut}"
+        crashed.mkdir()
+        (crashed / "state.json").write_bytes((original / "state.json").read_bytes())
+        (crashed / journal.name).write_bytes(whole[:cut])
+        reopened, again, _ = opened(crashed)
+        reopened.close()
+        expected = 3 if cut >= len(whole) - 1 else 2  # without its newline it is still whole
+        total = again.ledger.agent("a").total
+        assert again.ledger.agent("a").runs == expected, cut
+        assert (total.input_tokens, total.output_tokens, total.cached_tokens) == (
+            100 * expected,
+            10 * expected,
+            5 * expected,
+        ), cut
+        assert total.cost_usd == pytest.approx(0.01 * expected), cut
