@@ -5,27 +5,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shlex
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import NoReturn, TextIO
 
-from ghitwork import __version__, deadletters
-from ghitwork.config import DEFAULT_CONFIG, Config, ConfigError, command_problems, load_config
+from ghitwork import __version__, deadletters, snapshot
+from ghitwork.config import (
+    DEFAULT_CONFIG,
+    Config,
+    ConfigError,
+    command_problems,
+    load_config,
+    parse_http_address,
+)
 from ghitwork.daemon import Daemon, Exit
+from ghitwork.dashboard import DashboardModel
 from ghitwork.durations import DurationError, format_duration, parse_duration
 from ghitwork.reaper import become_init_if_pid1
 from ghitwork.source import tail_command
 from ghitwork.state import Level, StateBus
 from ghitwork.status import StatusWriter
-
-if TYPE_CHECKING:
-    from ghitwork.dashboard import DashboardModel
+from ghitwork.store import running_pid
 
 PROG = "ghit-work"
 
@@ -44,6 +52,14 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except DurationError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _http(text: str) -> str:
+    try:
+        parse_http_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def _limit(text: str) -> int:
@@ -74,7 +90,7 @@ def _options(parser: argparse.ArgumentParser, command: str | None) -> None:
             metavar="{" + ",".join(PRESETS) + "}",
             help="an agent set up for that CLI (repeatable; default: one of each)",
         )
-    if command in ("init", "dead-letters", "redeliver"):
+    if command in ("init", "dead-letters", "redeliver", "status"):
         return
     parser.add_argument(
         "--retry",
@@ -92,6 +108,13 @@ def _options(parser: argparse.ArgumentParser, command: str | None) -> None:
     )
     if command == "check":
         return
+    parser.add_argument(
+        "--http",
+        type=_http,
+        metavar="HOST:PORT",
+        default=default,
+        help="serve /healthz, /api/v1/state, /metrics and a status page (overrides the file)",
+    )
     parser.add_argument("--tui", action="store_true", help="open the terminal dashboard")
     parser.add_argument(
         "--drain",
@@ -125,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("init", "write a commented example config (and its prompt template)"),
         ("check", "validate the config, print the agents and the tail-events command"),
+        ("status", "what the ghit-work running on this config is doing"),
         ("dead-letters", "list the batches that failed every attempt"),
         ("redeliver", "hand dead letters back to their agents"),
     ):
@@ -132,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         _options(subparsers[name], name)
     subparsers["dead-letters"].add_argument(
         "--json", action="store_true", help="one JSON object per line"
+    )
+    subparsers["status"].add_argument(
+        "--json", action="store_true", help="the snapshot, as /api/v1/state serves it"
     )
     redeliver = subparsers["redeliver"]
     redeliver.add_argument("ids", nargs="*", type=_dead_letter_id, metavar="ID")
@@ -157,6 +184,8 @@ def main(
         debug = args.log_level == "debug"
         if args.command == "init":
             return init(args.config, out, args.preset or list(PRESETS))
+        if args.command == "status":
+            return status(load_config(args.config).state_dir, args.json, out, err)
         if args.command in ("dead-letters", "redeliver"):
             state_dir = load_config(args.config).state_dir
             if args.command == "dead-letters":
@@ -164,7 +193,9 @@ def main(
             if bool(args.all) == bool(args.ids):
                 raise UsageError("redeliver takes dead letter ids or --all (not both)")
             return deadletters.redeliver_command(state_dir, args.ids, args.agent, out, err)
-        config = load_config(args.config).with_overrides(args.retry, args.limit)
+        config = load_config(args.config).with_overrides(
+            args.retry, args.limit, getattr(args, "http", None)
+        )
         if args.command == "check":
             problems = command_problems(config)
             if problems:
@@ -268,6 +299,28 @@ def check(config: Config, out: TextIO) -> None:
         print("tail-events: not started (no enabled agent)", file=out)
 
 
+def status(state_dir: Path, as_json: bool, out: TextIO, err: TextIO) -> int:
+    """`ghit-work status`: the snapshot the running instance keeps in state_dir."""
+    deadline = time.monotonic() + 3.0
+    while True:
+        pid = running_pid(state_dir)
+        if pid is None:
+            print(f"{PROG}: no ghit-work is running on state_dir {state_dir}", file=err)
+            return Exit.FAILURE
+        current = snapshot.read(state_dir)
+        if current is not None and current.get("pid") in (pid, 1):
+            break
+        if time.monotonic() > deadline:  # just started: its first snapshot is not out yet
+            print(f"{PROG}: ghit-work (pid {pid}) has written no status yet", file=err)
+            return Exit.FAILURE
+        time.sleep(0.05)
+    if as_json:
+        print(json.dumps(current, ensure_ascii=False), file=out)
+    else:
+        snapshot.render(current, out)
+    return Exit.OK
+
+
 def run(config: Config, args: argparse.Namespace, err: TextIO) -> int:
     if args.tui and not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("--tui needs a terminal (stdin and stdout are not one)")
@@ -283,16 +336,15 @@ def run(config: Config, args: argparse.Namespace, err: TextIO) -> int:
         bus.changes.subscribe(writer)
 
     def reload() -> Config:
-        """The same file again; the command line's --retry and --limit keep winning."""
-        return load_config(args.config).with_overrides(args.retry, args.limit)
+        """The same file again; the command line's --retry, --limit, --http keep winning."""
+        return load_config(args.config).with_overrides(args.retry, args.limit, args.http)
 
-    daemon = Daemon(config, bus, drain=args.drain, reload=reload)
-    if not args.tui:
-        return int(asyncio.run(daemon.run()))
-    from ghitwork.dashboard import DashboardModel  # only with --tui: start-up matters
-
+    # One model for the TUI, `ghit-work status` and the HTTP side (snapshot.py).
     model = DashboardModel(Level(args.log_level), secrets=secrets)
     bus.changes.subscribe(model)
+    daemon = Daemon(config, bus, drain=args.drain, reload=reload, model=model)
+    if not args.tui:
+        return int(asyncio.run(daemon.run()))
     return int(asyncio.run(_with_dashboard(daemon, model)))
 
 

@@ -7,6 +7,7 @@ The checks themselves are in configread.py.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shutil
@@ -84,6 +85,7 @@ class Config:
     run_backoff: float = DEFAULT_RUN_BACKOFF
     cost_budget: SpendBudget | None = None
     token_budget: SpendBudget | None = None
+    http: str | None = None  # "HOST:PORT", checked by parse_http_address
 
     @property
     def enabled_agents(self) -> tuple[AgentConfig, ...]:
@@ -95,13 +97,27 @@ class Config:
                 return agent
         return None
 
-    def with_overrides(self, retry: float | None, limit: int | None) -> Config:
-        """The command line's --retry and --limit win over the file."""
+    def with_overrides(
+        self, retry: float | None, limit: int | None, http: str | None = None
+    ) -> Config:
+        """The command line's --retry, --limit and --http win over the file."""
         return replace(
             self,
             retry=self.retry if retry is None else retry,
             limit=self.limit if limit is None else limit,
+            http=self.http if http is None else http,
         )
+
+
+def parse_http_address(text: str) -> tuple[str, int]:
+    """ "HOST:PORT" ("[::1]:9090" for IPv6); ValueError with what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f'"{text}" is not HOST:PORT (try "127.0.0.1:9090")')
+    host = host.strip("[]")
+    if not host:
+        raise ValueError(f'"{text}" has no host; say which address, e.g. "127.0.0.1:{port}"')
+    return host, int(port)
 
 
 def subscription_union(agents: tuple[AgentConfig, ...]) -> tuple[list[str], list[str]]:
@@ -166,3 +182,22 @@ def load_config(path: Path) -> Config:
     except UnicodeDecodeError as error:
         raise reader.fail(None, f"invalid TOML: not UTF-8 ({error.reason})") from None
     return reader.config(path, data)
+
+
+def kind_of(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"' if value else "an empty string"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "a list" if value else "an empty list"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def close_match(name: str, allowed: set[str]) -> str:
+    match = difflib.get_close_matches(name, sorted(allowed), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else f" (known: {', '.join(sorted(allowed))})"

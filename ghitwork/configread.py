@@ -20,6 +20,9 @@ from ghitwork.config import (
     AgentConfig,
     Config,
     ConfigError,
+    close_match,
+    kind_of,
+    parse_http_address,
 )
 from ghitwork.durations import (
     Budget,
@@ -46,6 +49,7 @@ GLOBAL_KEYS = {
     "run_backoff",
     "cost_budget",
     "token_budget",
+    "http",
 }
 AGENT_KEYS = {
     "cmd",
@@ -99,19 +103,19 @@ class Reader:
 
     def table(self, value: object, key: str) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise self.fail(key, f"expected a table, got {_kind(value)}")
+            raise self.fail(key, f"expected a table, got {kind_of(value)}")
         return value
 
     def unknown(self, table: Mapping[str, Any], allowed: set[str], key: str) -> None:
         for name in table:
             if name not in allowed:
                 where = f"{key}.{name}" if key else name
-                hint = _close(name, allowed)
+                hint = close_match(name, allowed)
                 raise self.fail(where, f"unknown key{hint}")
 
     def string(self, value: object, key: str, *, empty: bool = False) -> str:
         if not isinstance(value, str) or (not empty and not value.strip()):
-            raise self.fail(key, f"expected a non-empty string, got {_kind(value)}")
+            raise self.fail(key, f"expected a non-empty string, got {kind_of(value)}")
         return value
 
     def strings(self, value: object, key: str) -> tuple[str, ...]:
@@ -188,7 +192,7 @@ class Reader:
                 raise self.fail(f"{key}.{required}", "missing (required for every agent)")
         enabled = table.get("enabled", True)
         if not isinstance(enabled, bool):
-            raise self.fail(f"{key}.enabled", f"expected true or false, got {_kind(enabled)}")
+            raise self.fail(f"{key}.enabled", f"expected true or false, got {kind_of(enabled)}")
         pattern = None
         if "session_id_pattern" in table:
             pattern = self.regex(table["session_id_pattern"], f"{key}.session_id_pattern")
@@ -209,7 +213,7 @@ class Reader:
         for env_name, env_value in env.items():
             if not isinstance(env_value, str):
                 raise self.fail(
-                    f"{key}.env.{env_name}", f"expected a string, got {_kind(env_value)}"
+                    f"{key}.env.{env_name}", f"expected a string, got {kind_of(env_value)}"
                 )
         return AgentConfig(
             name=name,
@@ -277,7 +281,7 @@ class Reader:
         value = table.get("usage_totals", "run")
         if value not in ("run", "session"):
             expected = 'expected "run" (per run) or "session" (the session\'s running totals)'
-            raise self.fail(f"{key}.usage_totals", f"{expected}, got {_kind(value)}")
+            raise self.fail(f"{key}.usage_totals", f"{expected}, got {kind_of(value)}")
         return str(value)
 
     def price(self, value: object, key: str) -> Price:
@@ -288,7 +292,7 @@ class Reader:
             if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
                 raise self.fail(
                     f"{key}.{name}",
-                    f"expected USD per million tokens (0 or more), got {_kind(amount)}",
+                    f"expected USD per million tokens (0 or more), got {kind_of(amount)}",
                 )
             prices[name] = float(amount)
         for required in ("input", "output"):
@@ -298,7 +302,7 @@ class Reader:
 
     def attempts(self, value: object, key: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise self.fail(key, f"expected an integer 1 or more, got {_kind(value)}")
+            raise self.fail(key, f"expected an integer 1 or more, got {kind_of(value)}")
         return value
 
     def positive(self, value: object, key: str) -> float:
@@ -333,7 +337,9 @@ class Reader:
         self.unknown(top, GLOBAL_KEYS, "ghit-work")
         limit = top.get("limit", 0)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise self.fail("ghit-work.limit", f"expected an integer 0 or more, got {_kind(limit)}")
+            raise self.fail(
+                "ghit-work.limit", f"expected an integer 0 or more, got {kind_of(limit)}"
+            )
         defaults = _Defaults(
             prompt=self.prompt(top, "ghit-work", prompt.default()),
             budget=self.budget(top["budget"], "ghit-work.budget") if "budget" in top else None,
@@ -374,25 +380,13 @@ class Reader:
             run_backoff=defaults.run_backoff,
             cost_budget=defaults.cost_budget,
             token_budget=defaults.token_budget,
+            http=self.http(top["http"], "ghit-work.http") if "http" in top else None,
         )
 
-
-def _kind(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"' if value else "an empty string"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "a list" if value else "an empty list"
-    if isinstance(value, dict):
-        return "a table"
-    return type(value).__name__
-
-
-def _close(name: str, allowed: set[str]) -> str:
-    import difflib
-
-    match = difflib.get_close_matches(name, sorted(allowed), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else f" (known: {', '.join(sorted(allowed))})"
+    def http(self, value: object, key: str) -> str:
+        text = self.string(value, key)
+        try:
+            parse_http_address(text)
+        except ValueError as error:
+            raise self.fail(key, str(error)) from None
+        return text

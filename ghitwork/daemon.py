@@ -12,27 +12,29 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
-import shutil
 import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from pathlib import Path
+from typing import Any
 
 from reactivex.subject import Subject
 
-from ghitwork import deadletters, pipeline
+from ghitwork import deadletters, pipeline, snapshot
 from ghitwork.children import Children, end_left_behind
 from ghitwork.config import Config, ConfigError, command_problems, subscription_union
+from ghitwork.dashboard import DashboardModel
 from ghitwork.dispatch import Dispatcher
 from ghitwork.events import Event
 from ghitwork.journal import Journal
 from ghitwork.routing import Burst, Pair, Slots
-from ghitwork.source import Outcome, TailSource, tail_command
+from ghitwork.snapshot import Snapshots
+from ghitwork.source import Outcome, TailSource, beside_ghit_work, tail_command
 from ghitwork.state import (
     ConfigApplied,
     Level,
     StateBus,
+    StopRequested,
 )
 from ghitwork.store import StateDirError, Store
 
@@ -44,15 +46,6 @@ class Exit(enum.IntEnum):
     SOURCE_GAVE_UP = 3
 
 
-def beside_ghit_work(command: str, path: str) -> str:
-    """`command` itself, or the one installed beside ghit-work when PATH does not have it
-    (ghit-work run from a virtualenv that is not activated still finds ghit-work-replay)."""
-    if os.sep in command or shutil.which(command, path=path):
-        return command
-    sibling = Path(sys.executable).parent / command
-    return str(sibling) if sibling.is_file() and os.access(sibling, os.X_OK) else command
-
-
 class Daemon:
     def __init__(
         self,
@@ -62,6 +55,7 @@ class Daemon:
         drain: bool = False,
         environ: Mapping[str, str] | None = None,
         reload: Callable[[], Config] | None = None,
+        model: DashboardModel | None = None,
     ) -> None:
         self.config = config
         self.bus = bus
@@ -76,6 +70,12 @@ class Daemon:
         self.store = Store(config.state_dir, self._report_store)
         self.journal = Journal(self.store, self.dispatcher, bus, self._cursor)
         self.source: TailSource | None = None
+        self.model = model or DashboardModel()
+        if model is None:
+            bus.changes.subscribe(self.model)
+        self.snapshots = Snapshots(self.model, self._cursor, config.state_dir)
+        self._snapshot_timer: asyncio.TimerHandle | None = None
+        self._http: Any = None  # web.Server, when `http` is set
         self._stop_requested = asyncio.Event()
         self._interrupts = 0
         self._requests: asyncio.TimerHandle | None = None
@@ -104,6 +104,15 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        if self.config.http:
+            await self._serve_http(self.config.http)  # a port in use: exit 2, nothing touched
+        try:
+            return await self._run(loop)
+        finally:
+            if self._http is not None:
+                await self._http.close()
+
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> Exit:
         try:
             saved = self.store.open()
         except StateDirError as error:
@@ -139,10 +148,14 @@ class Daemon:
             self.journal.started(saved.cursor)
             self.store.compact(self.dispatcher.snapshot(saved.cursor))
             self._take_requests()
+            self._write_snapshot()
             return await self._supervise(drained, saved.cursor)
         finally:
             if self._requests is not None:
                 self._requests.cancel()
+            if self._snapshot_timer is not None:
+                self._snapshot_timer.cancel()
+            self.snapshots.write_if_changed()
             self.children.close()
             cursor = self.source.cursor if self.source else saved.cursor
             self.store.compact(self.dispatcher.snapshot(cursor))
@@ -270,7 +283,7 @@ class Daemon:
                 invocation.kill()
             return
         why = reason or f"{signal.Signals(sig).name} received"
-        self.bus.notice(Level.INFO, "stop", f"{why}: stopping")
+        self.bus.publish(StopRequested(reason=why))
         self._stop_requested.set()
 
     def request_reload(self) -> None:
@@ -290,6 +303,13 @@ class Daemon:
                 f"state_dir stays {self.config.state_dir} until ghit-work restarts",
             )
             config = replace(config, state_dir=self.config.state_dir)
+        if config.http != self.config.http:
+            self.bus.notice(
+                Level.WARNING,
+                "reload",
+                f"http stays {self.config.http or 'off'} until ghit-work restarts",
+            )
+            config = replace(config, http=self.config.http)
         before = self._subscription()
         self.config = config
         self.dispatcher.reload(config)
@@ -305,6 +325,24 @@ class Daemon:
                 + (f" from event {cursor}" if cursor is not None else ""),
             )
             self.source.restart()
+
+    # -- watching it: the status snapshot in state_dir, and the HTTP side (snapshot.py, web.py)
+    def _write_snapshot(self) -> None:
+        self.snapshots.write_if_changed()
+        loop = asyncio.get_running_loop()
+        self._snapshot_timer = loop.call_later(snapshot.REFRESH, self._write_snapshot)
+
+    async def _serve_http(self, address: str) -> None:
+        from ghitwork import web  # aiohttp and prometheus_client only when asked for
+
+        self._http = await web.start(
+            address, self.config, self.bus, self.snapshots, self.dispatcher
+        )
+        self.bus.notice(
+            Level.INFO,
+            "http",
+            f"serving on {self._http.url} (/healthz, /api/v1/state, /metrics, status page /)",
+        )
 
     # -- dead letters handed back by `ghit-work redeliver` (deadletters.py)
     def _take_requests(self) -> None:

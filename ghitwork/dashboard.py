@@ -34,6 +34,7 @@ from ghitwork.state import (
     SourceExited,
     SourceRetry,
     SourceStarted,
+    StopRequested,
     UsageLoaded,
 )
 from ghitwork.status import LEVELS, describe, id_ranges, routed_line
@@ -42,7 +43,7 @@ from ghitwork.usage import NO_USAGE, Usage, day_of
 MAX_EVENTS = 500
 MAX_LOG = 2000
 MAX_ATTENTION = 200
-MAX_RUNS = 10
+MAX_RUNS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +177,10 @@ class DashboardModel:
             for name, total in change.totals.items():
                 today = change.days.get(name, {}).get(day, Usage())
                 self._agent(name, usage_total=total, usage_today=today, today=day)
+        elif isinstance(change, StopRequested):
+            self.health, self.retry_at = "stopping", None
+        elif self.health == "stopping":
+            pass  # what the stream does while stopping changes nothing
         elif isinstance(change, SourceStarted):
             self.health, self.retry_at = "healthy", None
         elif isinstance(change, SourceRetry):

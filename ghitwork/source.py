@@ -13,8 +13,10 @@ import contextlib
 import enum
 import os
 import random
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -43,6 +45,15 @@ class Outcome(enum.Enum):
     DRAINED = "drained"  # exited 0 under --drain
     GAVE_UP = "gave up"  # the retry window ran out
     STOPPED = "stopped"  # stop() was called
+
+
+def beside_ghit_work(command: str, path: str) -> str:
+    """`command` itself, or the one installed beside ghit-work when PATH does not have it
+    (ghit-work run from a virtualenv that is not activated still finds ghit-work-replay)."""
+    if os.sep in command or shutil.which(command, path=path):
+        return command
+    sibling = Path(sys.executable).parent / command
+    return str(sibling) if sibling.is_file() and os.access(sibling, os.X_OK) else command
 
 
 def tail_command(

@@ -161,6 +161,13 @@ class Notice(Change):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StopRequested(Change):
+    """A stop began (SIGTERM, SIGINT, `q`): from now on the instance is not healthy."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ConfigApplied(Change):
     """The config in force: at start and after each successful reload."""
 

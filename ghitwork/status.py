@@ -32,6 +32,7 @@ from ghitwork.state import (
     SourceExited,
     SourceRetry,
     SourceStarted,
+    StopRequested,
     UsageLoaded,
 )
 
@@ -188,6 +189,8 @@ def describe(change: Change) -> Line | None:
         )
     if isinstance(change, RunFinished):
         return _finished(change)
+    if isinstance(change, StopRequested):
+        return Line(Level.INFO, "stop", f"stop: {change.reason}: stopping", {"topic": "stop"})
     if isinstance(change, UsageLoaded):
         return None  # the TUI's; nothing worth a status line
     if isinstance(change, DeadLettersLoaded):

@@ -189,9 +189,12 @@ def running_pid(state_dir: Path) -> int | None:
     except PermissionError:
         pass
     try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return pid  # no /proc: a live pid is the best evidence there is
+    if stat[stat.rfind(b")") + 2 :][:1] in (b"Z", b"X"):
+        return None  # exited, not reaped yet
     return pid if b"ghit-work" in cmdline or b"ghitwork" in cmdline else None
 
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import pytest
 
 from ghitwork.children import left_behind
+from ghitwork.store import running_pid
 
 BIN = Path(sys.executable).parent
 GHIT_WORK = str(BIN / "ghit-work")
@@ -180,8 +181,14 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
 
 
 def end_leftovers(state_dir: Path) -> None:
-    """A test ends everything it started, however it ended: the process groups a killed
-    ghit-work recorded in its state dir (agents; tail-events dies with its parent)."""
+    """A test ends everything it started, however it ended: a ghit-work still running on the
+    state dir (a failed TUI test's: tmux's SIGHUP only reloads it), then the process groups a
+    killed ghit-work recorded there (agents; tail-events dies with its parent)."""
+    pid = running_pid(state_dir)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        poll(lambda: running_pid(state_dir) is None, 10, "a leftover ghit-work to die")
     for group in left_behind(state_dir / "children"):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group.pgid, signal.SIGKILL)

@@ -93,7 +93,7 @@ def configure(tmp_path: Path, env: dict[str, str]) -> Path:
     events.touch()
     text = re.sub(
         r"^tail_cmd = .*$",
-        f'tail_cmd = {json.dumps([REPLAY, str(events), "--follow"])}',
+        f"tail_cmd = {json.dumps([REPLAY, str(events), '--follow'])}",
         text,
         flags=re.M,
     )
