@@ -33,13 +33,14 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Measurements, not tests: the figures table (benchmarks/bench.py, against baselines
-    measured in the same run), how runs end (benchmarks/runs.py), then the soak run (about a
-    minute). Pass --quick for a smoke
+    measured in the same run), how runs end (benchmarks/runs.py), what the HTTP side costs
+    (benchmarks/watching.py), then the soak run (about a minute). Pass --quick for a smoke
     run: `nox -s bench -- --quick`."""
     session.install("-e", ".[dev]")
     quick = "--quick" in session.posargs
     session.run("python", "benchmarks/bench.py", *session.posargs)
     session.run("python", "benchmarks/runs.py", *session.posargs)
+    session.run("python", "benchmarks/watching.py", *session.posargs)
     session.run("python", "benchmarks/soak.py", "15" if quick else "60")
 
 

@@ -28,6 +28,7 @@ from ghitwork.status import id_ranges
 
 FILE = "status.json"
 REFRESH = 1.0  # seconds: the snapshot file is rewritten at most this often
+FRESH = 0.25  # seconds: the API serves a snapshot at most this old (a rebuild costs the loop)
 RECENT_EVENTS = 50
 ATTENTION = 50
 
@@ -119,15 +120,28 @@ class Snapshots:
         self.path = state_dir / FILE
         self.clock = clock
         self._written: tuple[int, int | None] | None = None
+        self._cached: tuple[tuple[int, int | None], float, bytes] | None = None
 
     def current(self) -> dict[str, Any]:
         return build(self.model.view(), self.cursor(), self.clock())
+
+    def body(self, fresh: float = FRESH) -> bytes:
+        """The snapshot as JSON bytes, rebuilt only when something changed and the last
+        build is older than `fresh` seconds: however many clients poll, building it costs
+        the loop at most a few times a second, and dispatch does not wait behind them."""
+        key = (self.model.version, self.cursor())
+        now = time.monotonic()
+        cached = self._cached
+        if cached is None or (cached[0] != key and now - cached[1] >= fresh):
+            data = json.dumps(self.current(), ensure_ascii=False).encode()
+            self._cached = cached = (key, now, data)
+        return cached[2]
 
     def write_if_changed(self) -> None:
         key = (self.model.version, self.cursor())
         if key == self._written:
             return
-        data = json.dumps(self.current(), ensure_ascii=False).encode()
+        data = self.body(fresh=0.0)
         tmp = self.path.with_name(f".{FILE}.tmp")
         try:
             tmp.write_bytes(data)

@@ -15,9 +15,9 @@ connection is closed after IDLE seconds. Everything is read-only.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -34,7 +34,7 @@ UNHEALTHY = ("stopping", "failing")
 
 
 def application(
-    snapshot: Callable[[], dict[str, Any]],
+    snapshot: Callable[[], bytes],
     health: Callable[[], str],
     metrics: CollectorRegistry,
 ) -> web.Application:
@@ -45,7 +45,11 @@ def application(
         return web.json_response({"status": state}, status=503 if state in UNHEALTHY else 200)
 
     async def state(request: web.Request) -> web.Response:
-        return web.json_response(snapshot(), headers={"Cache-Control": "no-store"})
+        return web.Response(
+            body=snapshot(),
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
 
     async def exposition(request: web.Request) -> web.Response:
         body = generate_latest(metrics)
@@ -79,17 +83,15 @@ async def start(
     counts = metrics.Counts()
     bus.changes.subscribe(counts)
     app = application(
-        snapshots.current, lambda: snapshots.model.health, metrics.registry(counts, dispatcher)
+        snapshots.body, lambda: snapshots.model.health, metrics.registry(counts, dispatcher)
     )
     host, port = parse_http_address(address)
     try:
         return await serve(app, host, port)
     except OSError as error:
-        raise ConfigError(
-            str(config.path),
-            "ghit-work.http",
-            f"cannot listen on {address}: {error.strerror or error}",
-        ) from None
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        why = f"cannot listen on {address}: {reason}"
+        raise ConfigError(str(config.path), "ghit-work.http", why) from None
 
 
 class Server:

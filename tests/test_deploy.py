@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -215,3 +216,29 @@ def test_sigterm_as_the_container_stop_signal_is_a_clean_exit(setup: Setup) -> N
             process.kill()
         assert process.stderr is not None
         process.stderr.close()
+
+
+def test_the_alert_rules_only_name_metrics_ghit_work_exposes() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.registry import CollectorRegistry
+    from rxfakes import agent_config
+
+    from ghitwork.config import Config
+    from ghitwork.dispatch import Dispatcher
+    from ghitwork.metrics import Collector, Counts
+
+    rules = (EXAMPLES / "kubernetes" / "prometheus.yaml").read_text()
+    documents = list(yaml.safe_load_all(rules))
+    assert [d["kind"] for d in documents] == ["ServiceMonitor", "PrometheusRule"]
+    config = Config(path=Path("x.toml"), agents=(agent_config("a"),))
+    registry = CollectorRegistry()
+    registry.register(Collector(Counts(), Dispatcher(config, lambda change: None, {})))
+    from prometheus_client import generate_latest
+
+    exposed = {
+        sample.name
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+    named = set(re.findall(r"ghitwork_[a-z_]+", rules))
+    assert named and named <= exposed, named - exposed
