@@ -1,3 +1,3 @@
-from ghitwork.cli import main
+from ghitwork.entry import main
 
 raise SystemExit(main())

@@ -20,7 +20,7 @@ from typing import Any
 
 from reactivex.subject import Subject
 
-from ghitwork import deadletters, pipeline, snapshot
+from ghitwork import deadletters, entry, pipeline, snapshot
 from ghitwork.children import Children, end_left_behind
 from ghitwork.config import Config, ConfigError, command_problems, subscription_union
 from ghitwork.dashboard import DashboardModel
@@ -104,6 +104,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        entry.release()  # a stop signal held since the first instant is handled now
         if self.config.http:
             await self._serve_http(self.config.http)  # a port in use: exit 2, nothing touched
         try:

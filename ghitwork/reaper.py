@@ -13,6 +13,8 @@ import os
 import signal
 from types import FrameType
 
+from ghitwork import entry
+
 FORWARDED = (
     signal.SIGTERM,
     signal.SIGINT,
@@ -38,6 +40,7 @@ def become_init_if_pid1() -> int | None:
 
     for sig in FORWARDED:
         signal.signal(sig, forward)
+    entry.release()  # the child keeps them held until its own handlers are in place
     while True:
         try:
             pid, status = os.wait()

@@ -350,3 +350,33 @@ def test_a_hanging_stream_still_stops_cleanly(setup: Setup) -> None:
         poll(lambda: setup.delivered("a") == [1], what="event 1")
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(timeout=10) == 0
+
+
+def test_a_sigterm_in_the_first_instant_stops_it_cleanly(setup: Setup) -> None:
+    """A stop during start-up (imports, config) is held, then handled: a clean exit 0, never
+    the default action's death (a container runtime would follow it with SIGKILL)."""
+    setup.write_config({"a": {}}, tail=["--follow"])
+    write_events(setup.events, [event(1)])
+
+    def blocked(pid: int) -> bool:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigBlk:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+        return False
+
+    for attempt in range(3):
+        process = subprocess.Popen(
+            [GHIT_WORK],
+            cwd=setup.path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        pid = process.pid
+        poll(lambda: blocked(pid), 10, "the signals to be held")
+        process.send_signal(signal.SIGTERM)  # while it is still importing
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 0, f"attempt {attempt}: {process.returncode}: {err}"
+        assert "stop: SIGTERM received: stopping" in err
+        assert "Traceback" not in err
