@@ -277,6 +277,9 @@ class Agent:
             if isinstance(decision, policy.Retry):
                 retry = decision
                 self._merge(batch)
+                # The failed run may have done part of the work: the retry (and, after a
+                # restart, attempt 1 again) tells the agent with `redelivered`.
+                self.redelivered.update(event.id for event in batch)
             else:
                 self.redelivered.difference_update(event.id for event in batch)
                 if isinstance(decision, policy.GiveUp) and self._bury is not None:

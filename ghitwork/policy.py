@@ -23,6 +23,7 @@ from ghitwork.results import RunResult
 from ghitwork.usage import spent_since
 
 MAX_BACKOFF = 600.0  # the doubling stops at 10 minutes
+MIN_RATE_LIMIT_WAIT = 1.0  # "retry in 0s" must not become a tight loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,7 @@ def after_run(config: AgentConfig, result: RunResult, tries: Tries) -> Decision:
         return GiveUp("stopped by the operator")
     if result.rate_limited:
         if result.retry_after is not None:
-            delay = result.retry_after  # the CLI said how long: not capped
+            delay = max(MIN_RATE_LIMIT_WAIT, result.retry_after)  # as the CLI said: no cap
         else:
             delay = backoff(config.run_backoff, tries.rate_limited)
         return Retry(delay, tries.attempt, rate_limited=True)
