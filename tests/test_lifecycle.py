@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -373,8 +374,7 @@ def test_a_sigterm_in_the_first_instant_stops_it_cleanly(setup: Setup) -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        pid = process.pid
-        poll(lambda: blocked(pid), 10, "the signals to be held")
+        poll(functools.partial(blocked, process.pid), 10, "the signals to be held")
         process.send_signal(signal.SIGTERM)  # while it is still importing
         _, err = process.communicate(timeout=30)
         assert process.returncode == 0, f"attempt {attempt}: {process.returncode}: {err}"
