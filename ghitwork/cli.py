@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import shlex
@@ -335,6 +336,11 @@ def status(state_dir: Path, as_json: bool, out: TextIO, err: TextIO) -> int:
 
 
 def run(config: Config, args: argparse.Namespace, err: TextIO) -> int:
+    if args.tui and importlib.util.find_spec("asciimatics") is None:
+        raise UsageError(
+            "--tui needs asciimatics, which this install leaves out (the container image is "
+            "headless); `pip install asciimatics`, or watch it with `ghit-work status` or http"
+        )
     if args.tui and not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("--tui needs a terminal (stdin and stdout are not one)")
     reaped = become_init_if_pid1()
