@@ -17,7 +17,6 @@ import asyncio
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import reactivex
@@ -27,7 +26,7 @@ from reactivex import operators as ops
 from ghitwork import policy
 from ghitwork.config import AgentConfig
 from ghitwork.deadletters import DeadLetter
-from ghitwork.durations import MAX_BUDGET_RUNS, format_duration
+from ghitwork.durations import MAX_BUDGET_RUNS, clock_time, format_duration
 from ghitwork.events import Event
 from ghitwork.results import RunResult
 from ghitwork.state import AgentChanged, AgentState, Change, RunFinished, RunStarted
@@ -52,10 +51,6 @@ def main_scope(event: Event) -> str:
         if scope.startswith("thread:"):
             return scope
     return event.scopes[0] if event.scopes else "(no scope)"
-
-
-def clock_time(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).strftime("%H:%M:%SZ")
 
 
 class CannotStart(Exception):

@@ -297,20 +297,13 @@ class Daemon:
                 Level.ERROR, "reload", f"config not reloaded, the old one stays in force: {error}"
             )
             return
-        if config.state_dir != self.config.state_dir:
-            self.bus.notice(
-                Level.WARNING,
-                "reload",
-                f"state_dir stays {self.config.state_dir} until ghit-work restarts",
-            )
-            config = replace(config, state_dir=self.config.state_dir)
-        if config.http != self.config.http:
-            self.bus.notice(
-                Level.WARNING,
-                "reload",
-                f"http stays {self.config.http or 'off'} until ghit-work restarts",
-            )
-            config = replace(config, http=self.config.http)
+        for key in ("state_dir", "http"):  # these take effect at the next start
+            kept = getattr(self.config, key)
+            if getattr(config, key) != kept:
+                self.bus.notice(
+                    Level.WARNING, "reload", f"{key} stays {kept or 'off'} until ghit-work restarts"
+                )
+                config = replace(config, **{key: kept})
         before = self._subscription()
         self.config = config
         self.dispatcher.reload(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -37,6 +38,11 @@ def parse_duration(value: object) -> float:
     if pos != len(text) or not text:
         raise DurationError(f'"{value}" is not a duration (try "5m")')
     return total
+
+
+def clock_time(moment: float) -> str:
+    """A moment as status lines show a time of day: `12:00:30Z` (UTC)."""
+    return datetime.fromtimestamp(moment, UTC).strftime("%H:%M:%SZ")
 
 
 def format_duration(seconds: float) -> str:

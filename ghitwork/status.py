@@ -11,10 +11,10 @@ import shlex
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from ghitwork.durations import format_duration
+from ghitwork.archive import iso
+from ghitwork.durations import clock_time, format_duration
 from ghitwork.events import Event
 from ghitwork.policy import describe_retry
 from ghitwork.state import (
@@ -105,7 +105,7 @@ def _finished(change: RunFinished) -> Line:
             message += f"; stderr: {result.last_stderr}"
         if change.retry is not None and change.retry_at is not None:
             retry = change.retry
-            message += "; " + describe_retry(retry, change.attempts, _clock(change.retry_at))
+            message += "; " + describe_retry(retry, change.attempts, clock_time(change.retry_at))
             fields.update(
                 retry_attempt=retry.attempt,
                 retry_at=timestamp(change.retry_at),
@@ -153,10 +153,6 @@ def _finished(change: RunFinished) -> Line:
             **fields,
         },
     )
-
-
-def _clock(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).strftime("%H:%M:%SZ")
 
 
 def describe(change: Change) -> Line | None:
@@ -298,12 +294,7 @@ def describe(change: Change) -> Line | None:
     return None
 
 
-def timestamp(moment: float) -> str:
-    return (
-        datetime.fromtimestamp(moment, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+timestamp = iso  # a status line's time: UTC, milliseconds, "Z"
 
 
 class StatusWriter:
