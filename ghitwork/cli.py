@@ -26,6 +26,7 @@ from ghitwork.config import (
     command_problems,
     load_config,
     parse_http_address,
+    secret_values,
 )
 from ghitwork.daemon import Daemon, Exit
 from ghitwork.dashboard import DashboardModel
@@ -347,7 +348,7 @@ def run(config: Config, args: argparse.Namespace, err: TextIO) -> int:
     if reaped is not None:
         return reaped
     bus = StateBus()
-    secrets = [os.environ.get("GHIT_API_TOKEN", "")]
+    secrets = secret_values(os.environ, config)
     if not args.tui or not err.isatty():
         # With --tui the status lines go to the log pane; they still go to stderr when it
         # is redirected (`ghit-work --tui 2>>ghit-work.log`), never onto the screen.

@@ -120,6 +120,21 @@ def parse_http_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+SECRET_NAMES = ("TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIAL")
+
+
+def secret_values(environ: Mapping[str, str], config: Config) -> list[str]:
+    """What must never be shown or served: the ghit token, and the values of variables named
+    like a secret (`*TOKEN*`, `*KEY*`, ...) in ghit-work's environment and the agents' `env`
+    (an agent that prints its API key in an error must not put it in a status line)."""
+    found = {environ.get("GHIT_API_TOKEN", "")}
+    for env in (environ, *(agent.env for agent in config.agents)):
+        for name, value in env.items():
+            if any(word in name.upper() for word in SECRET_NAMES) and len(value) >= 8:
+                found.add(value)
+    return sorted(value for value in found if value)
+
+
 def subscription_union(agents: tuple[AgentConfig, ...]) -> tuple[list[str], list[str]]:
     """The scopes and kinds of the enabled agents, first-seen order, no duplicates."""
     scopes: dict[str, None] = {}

@@ -20,7 +20,7 @@ from reactivex import Observable
 from ghitwork import prompt, usage
 from ghitwork.agent import Agent, CannotStart
 from ghitwork.children import Children
-from ghitwork.config import AgentConfig, Config
+from ghitwork.config import AgentConfig, Config, secret_values
 from ghitwork.deadletters import DeadLetter
 from ghitwork.events import Event, to_event
 from ghitwork.output import Patterns
@@ -55,7 +55,7 @@ class Dispatcher:
         self.config = config
         self.publish = publish
         self.environ = dict(os.environ if environ is None else environ)
-        self.secrets = [v for k, v in self.environ.items() if k == "GHIT_API_TOKEN" and v]
+        self.secrets = secret_values(self.environ, config)
         self.children = children or Children(None)
         self.matcher = Matcher(config.agents)
         self.agents: dict[str, Agent] = {}
@@ -339,6 +339,7 @@ class Dispatcher:
         their run and get nothing more (their events stay saved), changed ones use the new
         settings from their next batch."""
         self.config = config
+        self.secrets = secret_values(self.environ, config)
         self.matcher = Matcher(config.agents)
         added, changed = [], []
         for agent_config in config.agents:

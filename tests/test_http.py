@@ -243,3 +243,34 @@ def test_a_port_in_use_is_a_start_up_error_naming_http(setup: Setup) -> None:
         assert flag.returncode == 0
     bad = ghit_work("--http", "nowhere", cwd=setup.path)
     assert bad.returncode == 2 and "is not HOST:PORT" in bad.stderr
+
+
+def test_an_agents_own_key_printed_in_an_error_is_never_shown_or_served(setup: Setup) -> None:
+    key = "sk-agent-secret-9911"
+    leaky = setup.path / "leaky.py"
+    leaky.write_text(
+        "import os, sys\nsys.stdin.read()\n"
+        "sys.stderr.write('auth failed for key ' + os.environ['OPENAI_API_KEY'] + '\\n')\n"
+        "sys.exit(1)\n"
+    )
+    setup.write_config(
+        {
+            "a": {
+                "cmd": [sys.executable, str(leaky)],
+                "run_attempts": 1,
+                "env": {"OPENAI_API_KEY": key},
+            }
+        },
+        tail=["--follow"],
+        http="127.0.0.1:0",
+    )
+    write_events(setup.events, [event(1)])
+    with Running(setup.path) as daemon:
+        base = address(daemon)
+        text = daemon.wait_for("dead letter 1 (")
+        assert "auth failed for key ***" in text and key not in text
+        for path in ("/api/v1/state", "/metrics", "/"):
+            assert key not in get(f"{base}{path}")[1], path
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    assert key not in (setup.path / ".ghit-work" / "status.json").read_text()
