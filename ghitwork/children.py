@@ -85,7 +85,7 @@ class Children:
         if stat is None or self.path is None:
             return  # gone already (or no /proc): nothing to end later
         group = self.live[pgid] = Group(pgid, stat[1], what)
-        self._write({"+": pgid, "t": group.start, "what": what})
+        self._write(f'{{"+":{pgid},"t":{group.start},"what":{json.dumps(what)}}}')
 
     def remove(self, pgid: int) -> None:
         if self.live.pop(pgid, None) is None:
@@ -94,18 +94,18 @@ class Children:
         if self._removed >= COMPACT_AFTER:
             self._rewrite()
         else:
-            self._write({"-": pgid})
+            self._write(f'{{"-":{pgid}}}')
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
 
-    def _write(self, record: dict[str, object]) -> None:
+    def _write(self, line: str) -> None:
         if self._file is None:
             return
         with contextlib.suppress(OSError):
-            self._file.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+            self._file.write(line.encode() + b"\n")
             self._file.flush()
 
     def _rewrite(self) -> None:

@@ -37,13 +37,14 @@ from ghitwork.state import (
     StopRequested,
     UsageLoaded,
 )
-from ghitwork.status import LEVELS, describe, id_ranges, routed_line
+from ghitwork.status import LEVELS, describe, id_ranges, only_info, routed_line
 from ghitwork.usage import NO_USAGE, Usage, day_of
 
 MAX_EVENTS = 500
 MAX_LOG = 2000
 MAX_ATTENTION = 200
 MAX_RUNS = 20
+BATCH_SHOWN = 30  # events of a batch listed with kind and title (the rest by id only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,8 @@ class AgentView:
     state: AgentState
     since: float
     queue: int = 0
-    batch: tuple[tuple[int, str, str], ...] = ()  # (id, kind, title)
+    batch: tuple[tuple[int, str, str], ...] = ()  # (id, kind, title), the first BATCH_SHOWN
+    batch_ids: tuple[int, ...] = ()  # the whole batch
     session_id: str | None = None
     runs: tuple[RunResult, ...] = ()
     problem: str = ""
@@ -124,8 +126,11 @@ class DashboardModel:
         self.clock = clock
         self.config: Config | None = None
         self.agents: dict[str, _Agent] = {}
-        self.events: deque[EventLine] = deque(maxlen=MAX_EVENTS)
-        self.titles: dict[int, tuple[str, str]] = {}  # recent event id -> (kind, title)
+        # Recent events as they came (the lines are made only when a view is asked for: a
+        # catch-up of 100,000 events must not build 100,000 lines nobody reads).
+        self.events: deque[tuple[Event, tuple[str, ...]]] = deque(maxlen=MAX_EVENTS)
+        self.titles: dict[int, Event] = {}  # recent routed events, by id (batch titles)
+        self._lines: dict[int, EventLine] = {}  # the lines made so far, by id(event)
         self.log: deque[str] = deque(maxlen=MAX_LOG)
         self.attention: deque[str] = deque(maxlen=MAX_ATTENTION)
         self.health = "starting"
@@ -142,8 +147,7 @@ class DashboardModel:
     def __call__(self, change: Change) -> None:
         self.version += 1
         if isinstance(change, EventsRouted):
-            for event, agents in change.routes:
-                self._event(change.at, event, agents)
+            self._events(change)
             return  # the per-event path stays short: no log line unless debugging
         if isinstance(change, ConfigApplied):
             self._configure(change.config)
@@ -157,13 +161,15 @@ class DashboardModel:
                 due=None,
             )
         elif isinstance(change, RunStarted):
-            batch = tuple((i, *self.titles.get(i, ("", ""))) for i in change.event_ids)
+            shown = change.event_ids[:BATCH_SHOWN]
+            batch = tuple((i, *_kind_and_title(self.titles.get(i))) for i in shown)
             self._agent(
                 change.agent,
                 state=AgentState.WORKING,
                 since=change.at,
                 queue=change.queue,
                 batch=batch,
+                batch_ids=change.event_ids,
                 session_id=change.session_id,
                 attempt=change.attempt,
                 due=None,
@@ -195,6 +201,8 @@ class DashboardModel:
             and change.level is Level.ERROR
         ):
             self.health, self.retry_at = "failing", None
+        if self.threshold > LEVELS[Level.INFO] and only_info(change):
+            return
         line = describe(change)
         if line is None or LEVELS[line.level] < self.threshold:
             return
@@ -215,21 +223,20 @@ class DashboardModel:
         self.attention.append(text)
         self.log.append(text)
 
-    def _event(self, at: float, event: Event, agents: tuple[str, ...]) -> None:
-        summary = event.data.get("summary")
-        title = summary.get("thread_title", "") if isinstance(summary, dict) else ""
-        title = title if isinstance(title, str) else ""
-        self.events_seen += 1
-        self.events.append(
-            EventLine(event.id, event.kind, event.actor or "-", event.scopes, title, agents)
-        )
-        if agents:
-            self.titles[event.id] = (event.kind, title)
-            if len(self.titles) > 4 * MAX_EVENTS:
-                for old in list(self.titles)[: 2 * MAX_EVENTS]:
-                    del self.titles[old]
+    def _events(self, change: EventsRouted) -> None:
+        routes = change.routes
+        self.events_seen += len(routes)
+        self.events.extend(routes)
+        titles = self.titles
+        for event, agents in routes:
+            if agents:
+                titles[event.id] = event
+        if len(titles) > 4 * MAX_EVENTS:
+            for old in list(titles)[: len(titles) - 2 * MAX_EVENTS]:
+                del titles[old]
         if self.threshold <= LEVELS[Level.DEBUG]:
-            self.log.append(f"{_hms(at)} {routed_line(event, agents).message}")
+            for event, agents in routes:
+                self.log.append(f"{_hms(change.at)} {routed_line(event, agents).message}")
 
     def _configure(self, config: Config) -> None:
         self.config = config
@@ -285,6 +292,7 @@ class DashboardModel:
             since=change.at,
             queue=change.queue,
             batch=(),
+            batch_ids=(),
             problem=failed,
             session_id=result.session_id or current.view.session_id,
             runs=tuple(current.runs),
@@ -306,6 +314,20 @@ class DashboardModel:
             current.view = replace(current.view, dead_letters=kept)
 
     # -- output
+    def _event_lines(self) -> tuple[EventLine, ...]:
+        lines, made = [], {}
+        for event, agents in self.events:
+            line = self._lines.get(id(event))
+            if line is None:
+                _, title = _kind_and_title(event)
+                line = EventLine(
+                    event.id, event.kind, event.actor or "-", event.scopes, title, agents
+                )
+            made[id(event)] = line
+            lines.append(line)
+        self._lines = made  # only the lines still shown are kept
+        return tuple(lines)
+
     def view(self) -> View:
         """The latest snapshot; the same object while nothing changed."""
         if self._view is not None and self._view_version == self.version:
@@ -327,7 +349,7 @@ class DashboardModel:
             failures=self.failures,
             cost_today=cost_today,
             agents=tuple(a.view for a in self.agents.values()),
-            events=tuple(self.events),
+            events=self._event_lines(),
             attention=tuple(self.attention),
             log=tuple(self.log),
         )
@@ -335,9 +357,17 @@ class DashboardModel:
         return self._view
 
 
+def _kind_and_title(event: Event | None) -> tuple[str, str]:
+    if event is None:
+        return "", ""
+    summary = event.data.get("summary")
+    title = summary.get("thread_title", "") if isinstance(summary, dict) else ""
+    return event.kind, title if isinstance(title, str) else ""
+
+
 def _hms(moment: float) -> str:
     return datetime.fromtimestamp(moment).strftime("%H:%M:%S")
 
 
 def batch_text(view: AgentView) -> str:
-    return id_ranges([i for i, _, _ in view.batch])
+    return id_ranges(view.batch_ids)

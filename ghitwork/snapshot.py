@@ -55,7 +55,7 @@ def _agent(agent: AgentView) -> dict[str, Any]:
         "state": agent.shown_state,
         "since": iso(agent.since),
         "queue": agent.queue,
-        "batch": [ident for ident, _, _ in agent.batch],
+        "batch": list(agent.batch_ids),
         "attempt": agent.attempt,
         "attempts": config.run_attempts if config else None,
         "retry_at": iso(agent.due) if agent.due is not None else None,

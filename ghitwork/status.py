@@ -155,6 +155,18 @@ def _finished(change: RunFinished) -> Line:
     )
 
 
+def only_info(change: Change) -> bool:
+    """A change whose line is INFO for sure, told without building it: under --log-level
+    warning a catch-up's thousands of run lines cost nothing."""
+    if isinstance(change, RunStarted):
+        return True
+    if isinstance(change, RunFinished):
+        return change.result.ok and change.dead_letter is None
+    if isinstance(change, AgentChanged):
+        return change.new not in (AgentState.FAILING, AgentState.THROTTLED)
+    return False
+
+
 def describe(change: Change) -> Line | None:
     if isinstance(change, RunStarted):
         extra = []
@@ -320,6 +332,8 @@ class StatusWriter:
             if self.threshold <= LEVELS[Level.DEBUG]:  # the per-event path stays cheap
                 for event, agents in change.routes:
                     self._write(change.at, routed_line(event, agents))
+            return
+        if self.threshold > LEVELS[Level.INFO] and only_info(change):
             return
         line = describe(change)
         if line is not None and self.enabled(line.level):
