@@ -15,6 +15,7 @@ Options: --quick (fewer events and repeats, for a smoke run), --only NAME[,NAME]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -329,6 +330,7 @@ def idle(root: Path, seconds: float) -> None:
         ],
         check=True,
     )
+    pid = 0
     try:
         pid = int(
             subprocess.run(
@@ -343,6 +345,16 @@ def idle(root: Path, seconds: float) -> None:
         time.sleep(seconds)
         used = cpu_seconds(pid) - before
     finally:
+        # tmux's SIGHUP would only reload ghit-work: stop it for real (and so its replay),
+        # then the terminal. A benchmark ends everything it starts, however it exits.
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True)
     row(
         f"idle CPU with --tui over {seconds:g}s, % of a core",
