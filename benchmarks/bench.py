@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -41,6 +42,7 @@ ENV = {
     k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE")
 }
 RECORD_CMD = ["sh", "-c", 'cat >> "$RECORD"']
+LATENCY_AGENT = ["sh", "-c", 'date +%s.%N >> "$RECORD"; cat > /dev/null']  # notes its start
 ROWS: list[tuple[str, str, str, str, str]] = []
 
 
@@ -199,57 +201,111 @@ def catch_up(root: Path, events: list[dict[str, Any]], events_file: Path, repeat
         )
 
 
-def latency(root: Path, count: int) -> None:
-    print("2. dispatch latency", flush=True)
-    work = Workdir(root, "latency")
+# The clients run in their own process at the lowest CPU priority: in a deployment they are
+# Prometheus and browsers on other machines; here they share two cores with what is measured.
+POLLER = """\
+import asyncio, os, signal, sys, time
+import aiohttp
+os.nice(19)
+counts = {}
+signal.signal(signal.SIGTERM, lambda *_: (print(counts, flush=True), os._exit(0)))
+
+async def client(session, url, until, counts):
+    while time.monotonic() < until:
+        started = time.monotonic()
+        async with session.get(url) as answer:
+            await answer.read()
+            counts[answer.status] = counts.get(answer.status, 0) + 1
+        await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
+
+async def main(url, seconds):
+    until = time.monotonic() + seconds
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(client(session, url, until, counts) for _ in range(50)))
+    print(counts, flush=True)
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+
+def latencies(root: Path, count: int, http: bool, elsewhere: str = "") -> tuple[list[float], str]:
+    """Seconds from each event written to its agent's start, one event at a time; with
+    `http` the clients poll ghit-work, with `elsewhere` (a URL) they poll that instead."""
+    work = Workdir(
+        root, f"latency-{'http' if http else 'plain'}{'-elsewhere' if elsewhere else ''}"
+    )
     fifo = work.path / "stream"
     os.mkfifo(fifo)
     record = work.records / "agent000"
-    agent_cmd = ["sh", "-c", 'date +%s.%N >> "$RECORD"; cat > /dev/null']
+    agent_cmd = LATENCY_AGENT
     agents = make_agents(1)
-    write_config(
-        work.path / "ghit-work.toml",
-        agents,
-        ["sh", "-c", 'exec cat "$0"', str(fifo)],
-        agent_cmd,
-        work.records,
-    )
+    config = work.path / "ghit-work.toml"
+    write_config(config, agents, ["sh", "-c", 'exec cat "$0"', str(fifo)], agent_cmd, work.records)
+    if http:
+        config.write_text(
+            config.read_text().replace("[ghit-work]", '[ghit-work]\nhttp = "127.0.0.1:0"')
+        )
     events = [e for e in make_events(count * 40, seed=5) if expected([e], agents)["agent000"]]
     log = work.path / "stderr.log"
     with log.open("w") as err:
         process = subprocess.Popen(
             [GHIT_WORK], cwd=work.path, env=ENV, stdout=subprocess.DEVNULL, stderr=err
         )
-    ours = []
+    poller = None
+    answered = ""
+    found = []
     try:
         with fifo.open("w") as stream:
+            url = elsewhere
+            if http:
+                deadline = time.monotonic() + 30
+                while not (match := re.search(r"serving on (\S+) ", log.read_text())):
+                    if time.monotonic() > deadline:
+                        raise SystemExit("latency: the HTTP side never started")
+                    time.sleep(0.01)
+                url = match.group(1) + "/api/v1/state"
+            if url:
+                poller = subprocess.Popen(
+                    [sys.executable, "-c", POLLER, url, "3600"],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                time.sleep(1.0)  # the clients are polling before the first event
             for index, event in enumerate(events[:count], start=1):
-                line = json.dumps(event) + "\n"
                 sent = time.time()
-                stream.write(line)
+                stream.write(json.dumps(event) + "\n")
                 stream.flush()
                 deadline = time.monotonic() + 10
                 while True:
                     text = record.read_text() if record.exists() else ""
                     if text.count("\n") >= index:
-                        ours.append(float(text.splitlines()[index - 1]) - sent)
+                        found.append(float(text.splitlines()[index - 1]) - sent)
                         break
                     if time.monotonic() > deadline:
                         raise SystemExit("latency: the agent never started")
                     time.sleep(0.0005)
-                # One event at a time: wait until ghit-work has seen this run end.
                 while log.read_text().count("working -> idle") < index:
                     if time.monotonic() > deadline:
                         raise SystemExit("latency: the run never ended")
                     time.sleep(0.001)
     finally:
+        if poller is not None:
+            poller.send_signal(signal.SIGTERM)
+            answered = poller.communicate(timeout=30)[0].strip()
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+    return found, answered
+
+
+def latency(root: Path, count: int) -> None:
+    print("2. dispatch latency", flush=True)
+    ours, _ = latencies(root, count, http=False)
+    work = Workdir(root, "latency-floor")
     floor = []
     env = {**ENV, "RECORD": str(work.path / "floor")}
     for index in range(1, count + 1):
         started = time.time()
-        child = subprocess.Popen(agent_cmd, env=env, stdin=subprocess.PIPE)
+        child = subprocess.Popen(LATENCY_AGENT, env=env, stdin=subprocess.PIPE)
         child.communicate(b"prompt\n")
         floor.append(float((work.path / "floor").read_text().splitlines()[index - 1]) - started)
 

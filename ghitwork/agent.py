@@ -36,8 +36,8 @@ WAITING = (AgentState.RETRYING, AgentState.RATE_LIMITED, AgentState.THROTTLED)
 
 Schedule = Callable[[float, Callable[[], None]], Callable[[], None]]
 Launch = Callable[["Agent", list[Event]], Observable[RunResult]]
-# (agent, batch, last result, attempts, reason) -> the dead letter, kept by the dispatcher
-Bury = Callable[["Agent", Sequence[Event], RunResult, int, str], DeadLetter]
+# (agent, batch, its last run) -> the dead letter, kept by the dispatcher
+Bury = Callable[["Agent", Sequence[Event], RunResult], DeadLetter]
 
 
 def call_later(delay: float, action: Callable[[], None]) -> Callable[[], None]:
@@ -278,7 +278,7 @@ class Agent:
             else:
                 self.redelivered.difference_update(event.id for event in batch)
                 if isinstance(decision, policy.GiveUp) and self._bury is not None:
-                    dead = self._bury(self, batch, result, result.attempt, decision.reason)
+                    dead = self._bury(self, batch, result)
         if retry is not None and self.config.enabled:
             self.state = AgentState.RATE_LIMITED if retry.rate_limited else AgentState.RETRYING
             self.due = self.clock() + retry.delay

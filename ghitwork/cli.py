@@ -169,15 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _daemon(argv: Sequence[str] | None) -> bool:
-    """Whether this command line runs the daemon (no subcommand, no --help/--version)."""
-    words = list(sys.argv[1:] if argv is None else argv)
-    subcommands = {"init", "check", "status", "dead-letters", "redeliver"}
-    if any(word in ("-h", "--help", "--version") for word in words):
-        return False
-    return not any(word in subcommands for word in words)
-
-
 def _dead_letter_id(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a dead letter id (a number)")
@@ -191,11 +182,9 @@ def main(
     err = stderr or sys.stderr
     debug = False
     try:
-        try:
-            args = build_parser().parse_args(argv)
-        finally:
-            if not _daemon(argv):
-                entry.release()  # only the daemon keeps them held until its handlers exist
+        args = build_parser().parse_args(argv)
+        if args.command is not None:
+            entry.release()  # only the daemon keeps them held until its handlers exist
         debug = getattr(args, "log_level", "info") == "debug"
         if args.command == "init":
             return init(args.config, out, args.preset or list(PRESETS))

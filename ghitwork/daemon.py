@@ -38,6 +38,10 @@ from ghitwork.state import (
 )
 from ghitwork.store import StateDirError, Store
 
+# Redelivery requests are taken within this (SPEC: 2 s); the status snapshot is rewritten at
+# most this often.
+TICK = min(deadletters.POLL, snapshot.REFRESH)
+
 
 class Exit(enum.IntEnum):
     OK = 0
@@ -74,12 +78,10 @@ class Daemon:
         if model is None:
             bus.changes.subscribe(self.model)
         self.snapshots = Snapshots(self.model, self._cursor, config.state_dir)
-        self._snapshot_timer: asyncio.TimerHandle | None = None
         self._http: Any = None  # web.Server, when `http` is set
         self._stop_requested = asyncio.Event()
         self._interrupts = 0
-        self._requests: asyncio.TimerHandle | None = None
-        self._injecting = True  # the flow still takes injected events
+        self._ticks: asyncio.TimerHandle | None = None
 
     def _cursor(self) -> int | None:
         return self.source.cursor if self.source else None
@@ -148,14 +150,11 @@ class Daemon:
                 self.injected.on_next(pair)
             self.journal.started(saved.cursor)
             self.store.compact(self.dispatcher.snapshot(saved.cursor))
-            self._take_requests()
-            self._write_snapshot()
+            self._tick()
             return await self._supervise(drained, saved.cursor)
         finally:
-            if self._requests is not None:
-                self._requests.cancel()
-            if self._snapshot_timer is not None:
-                self._snapshot_timer.cancel()
+            if self._ticks is not None:
+                self._ticks.cancel()
             self.snapshots.write_if_changed()
             self.children.close()
             cursor = self.source.cursor if self.source else saved.cursor
@@ -222,7 +221,6 @@ class Daemon:
             Level.INFO, "drain", "tail-events finished: delivering every queued batch, then exiting"
         )
         self.events.on_completed()
-        self._injecting = False
         self.injected.on_completed()
         stop_task = asyncio.ensure_future(self._stop_requested.wait())
         await asyncio.wait([drained, stop_task], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
@@ -320,11 +318,17 @@ class Daemon:
             )
             self.source.restart()
 
-    # -- watching it: the status snapshot in state_dir, and the HTTP side (snapshot.py, web.py)
-    def _write_snapshot(self) -> None:
+    def _tick(self) -> None:
+        """Once a second: consume redelivery requests (deadletters.py), and rewrite the status
+        snapshot in state_dir if something changed (snapshot.py)."""
+        for request in deadletters.pending_requests(self.config.state_dir):
+            self.redeliver(request.ids, "ghit-work redeliver")
+            deadletters.consumed(request)  # only once the journal has the redelivery
         self.snapshots.write_if_changed()
         loop = asyncio.get_running_loop()
-        self._snapshot_timer = loop.call_later(snapshot.REFRESH, self._write_snapshot)
+        self._ticks = loop.call_later(TICK, self._tick)
+
+    # -- the HTTP side (web.py)
 
     async def _serve_http(self, address: str) -> None:
         from ghitwork import web  # aiohttp and prometheus_client only when asked for
@@ -338,21 +342,13 @@ class Daemon:
             f"serving on {self._http.url} (/healthz, /api/v1/state, /metrics, status page /)",
         )
 
-    # -- dead letters handed back by `ghit-work redeliver` (deadletters.py)
-    def _take_requests(self) -> None:
-        """Consume the redelivery requests in state_dir, then look again in a second."""
-        for request in deadletters.pending_requests(self.config.state_dir):
-            self.redeliver(request.ids, "ghit-work redeliver")
-            deadletters.consumed(request)  # only once the journal has the redelivery
-        loop = asyncio.get_running_loop()
-        self._requests = loop.call_later(deadletters.POLL, self._take_requests)
-
+    # -- dead letters handed back by `ghit-work redeliver` or the TUI
     def redeliver(self, ids: tuple[int, ...] | list[int], by: str) -> int:
         """Hand dead letters back to their agents (ids no longer dead letters are skipped);
         returns how many were."""
         pairs = self.dispatcher.redeliver(ids, by)
         for name, events in pairs:
-            if self._injecting:
+            if not self.injected.is_stopped:
                 self.injected.on_next((name, events))  # gives the agent a group if need be
             else:  # the flow is draining: kept queued, saved at the stop
                 self.dispatcher.agents[name].queue(events)

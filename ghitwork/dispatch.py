@@ -191,18 +191,16 @@ class Dispatcher:
         return invocation.pid
 
     # -- dead letters
-    def bury(
-        self, agent: Agent, batch: Sequence[Event], result: RunResult, attempts: int, reason: str
-    ) -> DeadLetter:
+    def bury(self, agent: Agent, batch: Sequence[Event], result: RunResult) -> DeadLetter:
         """The batch failed for good: keep it as a dead letter (the journal writes it, fsynced,
         when the RunFinished carrying it is published)."""
         letter = DeadLetter(
             id=self.next_dead_letter,
             agent=agent.name,
             events=tuple(event.data for event in batch),
-            attempts=attempts,
+            attempts=result.attempt,
             exit_status=result.returncode,
-            error=reason if result.operator_stopped else result.describe(),
+            error=result.describe(),
             time=result.ended,
         )
         self.next_dead_letter += 1

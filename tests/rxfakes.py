@@ -98,16 +98,14 @@ class FakeAgents:
         self.results: list[RunResult] = []
         self.dead_letters: list[DeadLetter] = []
 
-    def _bury(
-        self, agent: Agent, batch: Sequence[Event], result: RunResult, attempts: int, reason: str
-    ) -> DeadLetter:
+    def _bury(self, agent: Agent, batch: Sequence[Event], result: RunResult) -> DeadLetter:
         letter = DeadLetter(
             id=len(self.dead_letters) + 1,
             agent=agent.name,
             events=tuple(event.data for event in batch),
-            attempts=attempts,
+            attempts=result.attempt,
             exit_status=result.returncode,
-            error=reason,
+            error=result.describe(),
             time=self.scheduler.clock,
         )
         self.dead_letters.append(letter)
