@@ -130,7 +130,7 @@ class DashboardModel:
         # catch-up of 100,000 events must not build 100,000 lines nobody reads).
         self.events: deque[tuple[Event, tuple[str, ...]]] = deque(maxlen=MAX_EVENTS)
         self.titles: dict[int, Event] = {}  # recent routed events, by id (batch titles)
-        self._lines: dict[int, EventLine] = {}  # the lines made so far, by id(event)
+        self._lines: dict[int, EventLine] = {}  # the lines made so far, by event id
         self.log: deque[str] = deque(maxlen=MAX_LOG)
         self.attention: deque[str] = deque(maxlen=MAX_ATTENTION)
         self.health = "starting"
@@ -317,13 +317,13 @@ class DashboardModel:
     def _event_lines(self) -> tuple[EventLine, ...]:
         lines, made = [], {}
         for event, agents in self.events:
-            line = self._lines.get(id(event))
+            line = self._lines.get(event.id)
             if line is None:
                 _, title = _kind_and_title(event)
                 line = EventLine(
                     event.id, event.kind, event.actor or "-", event.scopes, title, agents
                 )
-            made[id(event)] = line
+            made[event.id] = line
             lines.append(line)
         self._lines = made  # only the lines still shown are kept
         return tuple(lines)

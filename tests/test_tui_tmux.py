@@ -120,8 +120,10 @@ def test_selection_details_and_the_filter(setup: Setup, tmux: Tmux) -> None:
     start(tmux)
     tmux.wait_for("claude idle")
     tmux.keys("Right", "Enter")
-    screen = tmux.wait_for("Agent claude (Esc to leave)")
-    assert "username: claude" in screen and "last runs:" in screen
+    tmux.wait_for("Agent claude (Esc to leave)")
+    # A capture can fall in the middle of a frame being written: wait for the body too.
+    screen = tmux.wait_for("username: claude")
+    assert "last runs:" in screen
     tmux.keys("Left")
     tmux.wait_for("Agent codex (Esc to leave)")
     tmux.keys("Escape")

@@ -248,3 +248,23 @@ def test_the_view_is_rebuilt_only_when_something_changed() -> None:
     assert m.view() is first
     m.note("x")
     assert m.view() is not first
+
+
+def test_the_events_pane_follows_a_flood_whatever_memory_the_old_events_leave() -> None:
+    """Old events leave the pane's memory and new ones may land at their addresses: a line is
+    never reused for another event (a flood showed stale titles once)."""
+    model = DashboardModel()
+    ident = 0
+    for _ in range(40):
+        burst = []
+        for _ in range(600):  # more than the pane keeps: every old event is let go
+            ident += 1
+            summary = {"summary": {"thread_title": f"t{ident}"}}
+            burst.append((Event(ident, "reply-created", "alice", ("team:ghit",), summary), ()))
+        model(EventsRouted(routes=tuple(burst)))
+        del burst
+        lines = model.view().events
+        assert [(line.id, line.title) for line in lines[-3:]] == [
+            (i, f"t{i}") for i in range(ident - 2, ident + 1)
+        ]
+        assert all(line.title == f"t{line.id}" for line in lines)
