@@ -6,6 +6,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,9 +55,15 @@ class Tmux:
         return self.run("capture-pane", "-p", "-t", "t")
 
     def wait_for(self, text: str, timeout: float = 20.0) -> str:
+        """The screen once it shows `text` and has settled: a capture can fall in the middle
+        of a frame being written, so two captures in a row must agree."""
+
         def found() -> str:
             screen = self.screen()
-            return screen if text in screen else ""
+            if text not in screen:
+                return ""
+            time.sleep(0.05)  # let a frame being written finish before comparing
+            return screen if self.screen() == screen else ""
 
         try:
             return poll(found, timeout, f"{text!r} on the screen")
@@ -120,10 +127,8 @@ def test_selection_details_and_the_filter(setup: Setup, tmux: Tmux) -> None:
     start(tmux)
     tmux.wait_for("claude idle")
     tmux.keys("Right", "Enter")
-    tmux.wait_for("Agent claude (Esc to leave)")
-    # A capture can fall in the middle of a frame being written: wait for the body too.
-    screen = tmux.wait_for("username: claude")
-    assert "last runs:" in screen
+    screen = tmux.wait_for("Agent claude (Esc to leave)")
+    assert "username: claude" in screen and "last runs:" in screen
     tmux.keys("Left")
     tmux.wait_for("Agent codex (Esc to leave)")
     tmux.keys("Escape")
