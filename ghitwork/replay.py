@@ -90,16 +90,30 @@ def scopes_of(args: argparse.Namespace) -> list[str]:
     return scopes
 
 
-def wanted(obj: object, scopes: set[str], kinds: set[str], after: int | None) -> bool | None:
-    """True/False for an event; None for a line that is not an event (passed through)."""
+def wanted(
+    obj: object,
+    scopes: set[str],
+    kinds: set[str],
+    after: int | None,
+    seen: dict[str, bool] | None = None,
+) -> bool | None:
+    """True/False for an event; None for a line that is not an event (passed through).
+    `seen` caches whether an event scope is covered (a recorded file repeats its threads)."""
     if not isinstance(obj, dict) or not isinstance(obj.get("id"), int):
         return None
     if after is not None and obj["id"] <= after:
         return False
     if kinds and obj.get("kind") not in kinds:
         return False
-    event_scopes = obj.get("scopes") or []
-    return any(cover in scopes for scope in event_scopes for cover in covering(str(scope)))
+    seen = {} if seen is None else seen
+    for scope in obj.get("scopes") or []:
+        scope = str(scope)
+        covered = seen.get(scope)
+        if covered is None:
+            covered = seen[scope] = any(cover in scopes for cover in covering(scope))
+        if covered:
+            return True
+    return False
 
 
 def lines(path: Path, follow: bool, caught_up: Callable[[], None]) -> Iterator[bytes]:
@@ -139,12 +153,13 @@ def replay(args: argparse.Namespace, out: IO[bytes], err: IO[str]) -> int:
         # arrives together, like a burst from a server.
         source = lines(args.file, args.follow, out.flush)
         printed = 0
+        seen: dict[str, bool] = {}
         for line in source:
             try:
                 obj = orjson.loads(line)
             except ValueError:
                 obj = None
-            verdict = wanted(obj, scopes, kinds, args.last_event_id)
+            verdict = wanted(obj, scopes, kinds, args.last_event_id, seen)
             if verdict is False:
                 continue
             if args.delay:
