@@ -229,7 +229,8 @@ class Agent:
         started = self.clock()
         self.runs.append(started)
         del self.runs[:-RECENT_STARTS]
-        self.run_scopes.append((started, tuple(main_scope(event) for event in batch)))
+        if self.config.budget is not None:  # what a throttle message names (_hot_scope)
+            self.run_scopes.append((started, tuple(main_scope(event) for event in batch)))
         self._publish(
             RunStarted(
                 agent=self.name,
@@ -251,7 +252,8 @@ class Agent:
         return self.session_id is not None and self.config.resume_cmd is not None
 
     def was_redelivered(self, batch: Sequence[Event]) -> bool:
-        return any(event.id in self.redelivered for event in batch)
+        redelivered = self.redelivered
+        return bool(redelivered) and any(event.id in redelivered for event in batch)
 
     def _finished(self, result: RunResult) -> None:
         batch, self.batch = self.batch, ()
@@ -276,7 +278,8 @@ class Agent:
                 # restart, attempt 1 again) tells the agent with `redelivered`.
                 self.redelivered.update(event.id for event in batch)
             else:
-                self.redelivered.difference_update(event.id for event in batch)
+                if self.redelivered:
+                    self.redelivered.difference_update(event.id for event in batch)
                 if isinstance(decision, policy.GiveUp) and self._bury is not None:
                     dead = self._bury(self, batch, result)
         if retry is not None and self.config.enabled:

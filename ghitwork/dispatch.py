@@ -326,6 +326,7 @@ class Dispatcher:
             inflight = {event.id for event in agent.batch} | agent.redelivered
             saved.agents[name] = SavedAgent(
                 pending=pending,
+                raw={event.id: event.raw for event in events if event.raw},
                 inflight=inflight & pending.keys(),
                 session_id=agent.session_id,
                 runs=list(agent.runs),

@@ -9,7 +9,6 @@ pending, and comes again after a crash.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 
 from ghitwork.dispatch import Dispatcher
@@ -58,10 +57,9 @@ class Journal:
 
     def __call__(self, change: Change) -> None:
         if isinstance(change, EventsRouted):
-            for event, agents in change.routes:
-                if agents:
-                    self.store.record_event(event.raw or _dumps(event.data), agents)
-                    self._journaled = event.id
+            last = self.store.record_events(change.routes)
+            if last is not None:
+                self._journaled = last
         elif isinstance(change, RunStarted):
             self.store.record(
                 {"start": change.agent, "ids": list(change.event_ids), "at": round(change.at, 3)}
@@ -119,7 +117,3 @@ class Journal:
                 "state",
                 f"cannot sync {self.store.dir}: {error.strerror or error}",
             )
-
-
-def _dumps(data: object) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode()

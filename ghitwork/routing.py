@@ -13,6 +13,7 @@ from typing import Protocol, TypeVar
 from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, SingleAssignmentDisposable
 
+from ghitwork.agent import Schedule, call_later
 from ghitwork.config import AgentConfig
 from ghitwork.events import Event
 from ghitwork.scopes import covering
@@ -21,66 +22,62 @@ from ghitwork.state import Route
 _T = TypeVar("_T")
 Burst = Sequence[Event]  # the events of one read from the stream, in id order
 Pair = tuple[str, tuple[Event, ...]]  # an agent and its events of one burst
+CACHED = 50_000  # entries per Matcher cache; past it the cache starts again
+HOLD = 0.25  # seconds runs wait, at most, while a catch-up is read (Slots.backlog)
 
 
 class Matcher:
     """Which enabled agents receive an event.
 
-    Built once per config: kind -> agents and scope -> agents indexes, so the cost of an event
-    depends on the agents that could match it, not on all of them.
+    Built once per config. Each agent is a bit: a kind, a scope (with the scopes above it)
+    and an actor each map to the agents they concern, so matching an event is a few dict
+    lookups and integer ANDs, whatever the number of agents.
     """
 
     def __init__(self, agents: Iterable[AgentConfig]) -> None:
-        self.order: dict[str, int] = {}
-        self.usernames: dict[str, str] = {}
-        self.by_kind: dict[str, frozenset[str]] = {}
-        self.by_scope: dict[str, frozenset[str]] = {}
-        kinds: dict[str, set[str]] = {}
-        scopes: dict[str, set[str]] = {}
-        for agent in agents:
-            if not agent.enabled:
-                continue
-            self.order[agent.name] = len(self.order)
-            self.usernames[agent.name] = agent.username
+        enabled = [agent for agent in agents if agent.enabled]
+        self.names = tuple(agent.name for agent in enabled)  # config order: bit i is names[i]
+        self.by_kind: dict[str, int] = {}
+        self.by_scope: dict[str, int] = {}  # the scopes agents subscribed to, as written
+        self.own: dict[str, int] = {}  # username -> its agents (never sent their own events)
+        for index, agent in enumerate(enabled):
+            bit = 1 << index
             for kind in agent.event_kinds:
-                kinds.setdefault(kind, set()).add(agent.name)
+                self.by_kind[kind] = self.by_kind.get(kind, 0) | bit
             for scope in agent.event_scopes:
-                scopes.setdefault(scope, set()).add(agent.name)
-        self.by_kind = {k: frozenset(v) for k, v in kinds.items()}
-        self.by_scope = {k: frozenset(v) for k, v in scopes.items()}
-        self._cache: dict[str, frozenset[str]] = {}
+                self.by_scope[scope] = self.by_scope.get(scope, 0) | bit
+            self.own[agent.username] = self.own.get(agent.username, 0) | bit
+        self._covered: dict[str, int] = {}  # event scope -> agents covering it (a cache)
+        self._named: dict[int, tuple[str, ...]] = {0: ()}  # agents -> their names (a cache)
 
     def match(self, event: Event) -> tuple[str, ...]:
         """The agents for `event`, in config order; never the event's own actor."""
-        by_kind = self.by_kind.get(event.kind)
-        if not by_kind:
-            return ()
-        scopes = event.scopes
-        if len(scopes) == 1:
-            covered = self._covered(scopes[0])
-        else:
-            covered = frozenset().union(*(self._covered(scope) for scope in scopes))
-        found: frozenset[str] | set[str] = by_kind & covered
+        found = self.by_kind.get(event.kind, 0)
         if not found:
             return ()
-        actor = event.actor
-        if actor is not None:
-            usernames = self.usernames
-            found = {name for name in found if usernames[name] != actor}
-        if len(found) == 1:
-            return tuple(found)
-        return tuple(sorted(found, key=self.order.__getitem__))
+        covered = 0
+        for scope in event.scopes:
+            agents = self._covered.get(scope)
+            covered |= self._cover(scope) if agents is None else agents
+        found &= covered
+        if found and event.actor is not None:
+            found &= ~self.own.get(event.actor, 0)
+        names = self._named.get(found)
+        if names is None:
+            names = tuple(name for index, name in enumerate(self.names) if found >> index & 1)
+            if len(self._named) > CACHED:
+                self._named.clear()
+            self._named[found] = names
+        return names
 
-    def _covered(self, scope: str) -> frozenset[str]:
-        """Every agent subscribed to `scope` or to a scope above it (cached per scope)."""
-        agents = self._cache.get(scope)
-        if agents is None:
-            agents = frozenset().union(
-                *(self.by_scope.get(cover, frozenset()) for cover in covering(scope))
-            )
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[scope] = agents
+    def _cover(self, scope: str) -> int:
+        """Every agent subscribed to `scope` or to a scope above it."""
+        agents = 0
+        for cover in covering(scope):
+            agents |= self.by_scope.get(cover, 0)
+        if len(self._covered) > CACHED:
+            self._covered.clear()
+        self._covered[scope] = agents
         return agents
 
 
@@ -100,15 +97,17 @@ def fan_out(
             observer: abc.ObserverBase[Pair], scheduler: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
             def on_next(burst: Burst) -> None:
+                routes = tuple(zip(burst, map(match, burst), strict=True))
                 per_agent: dict[str, list[Event]] = {}
-                routes = []
-                for event in burst:
-                    names = match(event)
-                    routes.append((event, names))
+                for event, names in routes:
                     for name in names:
-                        per_agent.setdefault(name, []).append(event)
+                        events = per_agent.get(name)
+                        if events is None:
+                            per_agent[name] = [event]
+                        else:
+                            events.append(event)
                 if routed is not None:
-                    routed(tuple(routes))
+                    routed(routes)
                 for name, events in per_agent.items():
                     observer.on_next((name, tuple(events)))
 
@@ -166,19 +165,44 @@ class Slots:
     RxPY's merge fixes its limit at subscription; this is the same operator with the limit
     read from `self.limit`, and `set_limit` starting waiting runs when it grows. Waiting runs
     start in arrival order.
+
+    Catch-up: while tail-events has more output already waiting (`backlog(True)` after a
+    read), no run starts, for at most `hold` seconds at a time: an agent's next batch then
+    takes what the following reads bring, instead of one run per read. Runs start the moment
+    a read leaves nothing waiting, so a live event never waits here.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, schedule: Schedule | None = None, hold: float = HOLD) -> None:
         self.limit = limit
         self.active = 0
+        self.held = False
+        self.hold = hold
+        self._schedule = schedule or call_later
+        self._unhold: Callable[[], None] | None = None  # cancels the end of the hold
         self._waiting: deque[Callable[[], None]] = deque()
+
+    def backlog(self, more: bool) -> None:
+        """After each read from tail-events: is more output already waiting?"""
+        if not more:
+            if self._unhold is not None:
+                self._unhold()
+            self._held_until_now()
+        elif not self.held and self.hold > 0:
+            self.held = True
+            self._unhold = self._schedule(self.hold, self._held_until_now)
+
+    def _held_until_now(self) -> None:
+        self._unhold = None
+        if self.held:
+            self.held = False
+            self._start_waiting()
 
     @property
     def waiting(self) -> int:
         return len(self._waiting)
 
     def _free(self) -> bool:
-        return self.limit <= 0 or self.active < self.limit
+        return not self.held and (self.limit <= 0 or self.active < self.limit)
 
     def set_limit(self, limit: int) -> None:
         self.limit = limit

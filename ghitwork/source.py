@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import fcntl
 import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -38,7 +41,7 @@ FIRST_DELAY = 0.5
 MAX_DELAY = 30.0
 HEALTHY_AFTER = 10.0
 KILL_GRACE = 5.0
-CHUNK = 256 * 1024
+PIPE_SIZE = 1024 * 1024  # the unprivileged maximum (/proc/sys/fs/pipe-max-size)
 
 
 class Outcome(enum.Enum):
@@ -92,6 +95,7 @@ class TailSource:
         rng: random.Random | None = None,
         active: Callable[[], bool] = lambda: True,
         children: Children | None = None,
+        backlog: Callable[[bool], None] = lambda more: None,
     ) -> None:
         self.argv = argv
         self.cwd = cwd
@@ -104,6 +108,7 @@ class TailSource:
         self.rng = rng or random.Random()
         self.active = active
         self.children = children
+        self.backlog = backlog  # after each read: whether more is already waiting
         self._preexec = die_with_parent()
         self.events_seen = 0
         self._process: asyncio.subprocess.Process | None = None
@@ -169,11 +174,14 @@ class TailSource:
 
     async def _run_once(self) -> tuple[int | None, str]:
         argv = self.argv(self.cursor)
+        loop = asyncio.get_running_loop()
+        read_end, write_end = os.pipe()  # ours, to see how much is waiting in it (backlog)
+        _grow_pipe(read_end)
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
+                stdout=write_end,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=self.cwd,
                 env=self.env,
@@ -181,19 +189,29 @@ class TailSource:
                 preexec_fn=self._preexec,
             )
         except (OSError, subprocess.SubprocessError) as error:
+            os.close(read_end)
             reason = f"cannot start {argv[0]}: {getattr(error, 'strerror', None) or error}"
             self.bus.publish(SourceExited(status=None, reason=reason))
             return None, reason
+        finally:
+            os.close(write_end)
         self._process = process
         if self.children is not None:
             self.children.add(process.pid, "tail-events")
         self.bus.publish(SourceStarted(pid=process.pid, argv=tuple(argv), cursor=self.cursor))
         if self._stopped or self._restart:
             self._terminate()
-        assert process.stdout is not None and process.stderr is not None
+        assert process.stderr is not None
         last_error: list[str] = []
         errors = asyncio.ensure_future(self._read_stderr(process.stderr, last_error))
-        await self._read_stdout(process.stdout)
+        lines = _Lines(self, read_end, loop.create_future())
+        transport, _ = await loop.connect_read_pipe(
+            lambda: lines, os.fdopen(read_end, "rb", buffering=0)
+        )
+        try:
+            await lines.ended
+        finally:
+            transport.close()
         status = await process.wait()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(errors, 1.0)
@@ -208,60 +226,19 @@ class TailSource:
         self.bus.publish(SourceExited(status=status, reason=reason, expected=expected))
         return status, f"exit status {status}: {reason}"
 
-    async def _read_stdout(self, stdout: asyncio.StreamReader) -> None:
-        """Each read becomes one burst: its new events are emitted together. A line that
-        spans reads is kept as a list of pieces (joined once, when it ends), and one longer
-        than MAX_OBJECT_BYTES is reported and skipped up to its newline."""
-        decoder = Decoder()
-        pieces: list[bytes] = []  # the current, unfinished line
-        size = 0
-        skipping = False  # inside an over-long line: drop bytes until its newline
-        while True:
-            data = await stdout.read(CHUNK)
-            if not data:
-                break
-            burst: list[Event] = []
-            end = data.rfind(b"\n")
-            if end < 0:
-                if not skipping:
-                    pieces.append(data)
-                    size += len(data)
-                    if size > MAX_OBJECT_BYTES:
-                        self._accept(too_long(pieces[0]), burst)
-                        pieces, size, skipping = [], 0, True
-                continue
-            lines = data[:end].split(b"\n")
-            if skipping:
-                lines.pop(0)
-                skipping = False
-            elif pieces:
-                pieces.append(lines[0])
-                lines[0] = b"".join(pieces)
-            rest = data[end + 1 :]
-            pieces, size = ([rest], len(rest)) if rest else ([], 0)
-            for line in lines:
-                for item in decoder.feed(line):
-                    self._accept(item, burst)
-            if burst:
-                self.emit(burst)
-        burst = []
-        if pieces and not skipping:
-            for item in decoder.feed(b"".join(pieces)):
-                self._accept(item, burst)
-        for item in decoder.close():
-            self._accept(item, burst)
-        if burst:
-            self.emit(burst)
-
-    def _accept(self, item: Event | Malformed, burst: list[Event]) -> None:
-        if isinstance(item, Malformed):
-            self.bus.publish(EventSkipped(malformed=item))
-            return
-        if self.cursor is not None and item.id <= self.cursor:
-            return  # at or below the cursor: already delivered (a reconnect replays around it)
-        self.cursor = item.id
-        self.events_seen += 1
-        burst.append(item)
+    def _accept(self, items: list[Event | Malformed], burst: list[Event]) -> None:
+        """New events join the burst; malformed output is reported; an event at or below
+        the cursor was already delivered (a reconnect replays around it)."""
+        cursor = self.cursor
+        before = len(burst)
+        for item in items:
+            if isinstance(item, Malformed):
+                self.bus.publish(EventSkipped(malformed=item))
+            elif cursor is None or item.id > cursor:
+                cursor = item.id
+                burst.append(item)
+        self.events_seen += len(burst) - before
+        self.cursor = cursor
 
     async def _read_stderr(self, stderr: asyncio.StreamReader, last: list[str]) -> None:
         while True:
@@ -275,6 +252,82 @@ class TailSource:
             if text:
                 last[:] = [text[:500]]
                 self.bus.publish(Notice(level=Level.WARNING, topic="tail-events", message=text))
+
+
+class _Lines(asyncio.Protocol):
+    """tail-events' stdout: each read becomes one burst, its new events emitted together.
+
+    A line that spans reads is kept as a list of pieces (joined once, when it ends), and one
+    longer than MAX_OBJECT_BYTES is reported and skipped up to its newline. After each read
+    the source learns whether more is already waiting in the pipe: a backlog (catch-up)."""
+
+    def __init__(self, source: TailSource, fd: int, ended: asyncio.Future[None]) -> None:
+        self.source = source
+        self.fd = fd
+        self.ended = ended
+        self.decoder = Decoder()
+        self.pieces: list[bytes] = []  # the current, unfinished line
+        self.size = 0
+        self.skipping = False  # inside an over-long line: drop bytes until its newline
+
+    def data_received(self, data: bytes) -> None:
+        burst: list[Event] = []
+        end = data.rfind(b"\n")
+        if end < 0:
+            if not self.skipping:
+                self.pieces.append(data)
+                self.size += len(data)
+                if self.size > MAX_OBJECT_BYTES:
+                    self.source._accept([too_long(self.pieces[0])], burst)
+                    self.pieces, self.size, self.skipping = [], 0, True
+            self.source.backlog(_waiting(self.fd) > 0)
+            return
+        lines = data[:end].split(b"\n")
+        if self.skipping:
+            lines.pop(0)
+            self.skipping = False
+        elif self.pieces:
+            self.pieces.append(lines[0])
+            lines[0] = b"".join(self.pieces)
+        rest = data[end + 1 :]
+        self.pieces, self.size = ([rest], len(rest)) if rest else ([], 0)
+        self.source._accept(self.decoder.decode(lines), burst)
+        more = _waiting(self.fd) > 0
+        if more:  # told first: the runs these events would start wait for the next reads
+            self.source.backlog(True)
+        if burst:
+            self.source.emit(burst)
+        if not more:
+            self.source.backlog(False)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        burst: list[Event] = []
+        if self.pieces and not self.skipping:
+            self.source._accept(self.decoder.decode([b"".join(self.pieces)]), burst)
+        self.source._accept(list(self.decoder.close()), burst)
+        if burst:
+            self.source.emit(burst)
+        self.source.backlog(False)
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+
+def _grow_pipe(fd: int) -> None:
+    """Let tail-events print up to PIPE_SIZE ahead of us (64 KiB by default on Linux): a
+    catch-up then arrives in fewer, larger reads. Best effort: the default works too."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+
+
+def _waiting(fd: int) -> int:
+    """Bytes already waiting in the pipe (0 when it cannot be told)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
+    except OSError:
+        return 0
 
 
 def _killpg(pid: int, sig: int) -> bool:

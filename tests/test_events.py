@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 from conftest import event
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ghitwork.events import Decoder, Event, Malformed
 
@@ -98,3 +100,53 @@ def test_unknown_kinds_and_fields_pass_through_and_actor_may_be_null() -> None:
 def test_long_excerpts_are_cut() -> None:
     (item,) = decode([b"x" * 500])
     assert isinstance(item, Malformed) and len(item.excerpt) < 100 and item.excerpt.endswith('…"')
+
+
+LINES = [
+    b'{"id": 1, "kind": "reply-created", "scopes": ["thread:t/r/1"], "actor_user_username": "a"}',
+    b'{"id": 2, "kind": "k", "scopes": [], "actor_user_username": null}',
+    b'{"id": 3, "kind": "k", "scopes": ["s", 7]}',
+    b'{"id": 4, "kind": "k", "actor_user_username": 5}',
+    b'{"id": true, "kind": "k"}',
+    b'{"id": 6, "kind": ""}',
+    b'{"id": 7, "kind": "k", "scopes": "s"}',
+    b'  {"id": 8, "kind": "k"}  \r',
+    b"",
+    b"   ",
+    b"[1, 2]",
+    b'"text"',
+    b"not json",
+    b'{"id": 9, "kind": "k"}, {"id": 10, "kind": "k"}',
+    b"1, 2",
+    b"{",
+    b'  "id": 11, "kind": "k"',
+    b"}",
+    b'{"id": 12,',
+    b'"kind": "k"}',
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(LINES), max_size=12), max_size=5))
+def test_decoding_many_lines_at_once_is_decoding_them_one_by_one(
+    reads: list[list[bytes]],
+) -> None:
+    """The fast path (a read's lines parsed as one array) gives what `feed` gives, line by
+    line, whatever the lines: events, odd fields, blanks, scalars, two values on a line,
+    objects spread over lines."""
+    one, many = Decoder(), Decoder()
+    by_line: list[Event | Malformed] = []
+    at_once: list[Event | Malformed] = []
+    for lines in reads:
+        for line in lines:
+            by_line += one.feed(line)
+        at_once += many.decode(lines)
+    by_line += one.close()
+    at_once += many.close()
+    assert [_comparable(item) for item in at_once] == [_comparable(item) for item in by_line]
+
+
+def _comparable(item: Event | Malformed) -> object:
+    if isinstance(item, Malformed):
+        return item
+    return (*item[:5], item.raw.strip())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 from reactivex.testing import TestScheduler
 from rxfakes import FakeAgents, agent_config, ev, run_flow
@@ -171,3 +172,49 @@ def test_a_raised_limit_starts_waiting_runs_at_once() -> None:
     scheduler.schedule_absolute(20, lambda *_: slots.set_limit(3))
     run_flow([(10, ev(i + 1, scope=f"repo:teams/ghit/{i}")) for i in range(3)], agents, slots=slots)
     assert [r.start for r in agents.runs] == [10, 20, 20]
+
+
+def _virtual(scheduler: TestScheduler) -> Callable[[float, Callable[[], None]], Callable[[], None]]:
+    def schedule(delay: float, action: Callable[[], None]) -> Callable[[], None]:
+        return scheduler.schedule_relative(delay, lambda *_: action()).dispose
+
+    return schedule
+
+
+def test_runs_wait_while_the_stream_has_a_backlog_and_start_once_it_is_read() -> None:
+    scheduler = TestScheduler()
+    agents = FakeAgents([agent_config("a")], scheduler, duration=lambda a, n: 5.0)
+    slots = Slots(0, schedule=_virtual(scheduler), hold=100.0)
+    # A catch-up: three reads with more waiting behind each, then the stream is caught up.
+    for at in (9, 19, 29):
+        scheduler.schedule_absolute(at, lambda *_: slots.backlog(True))
+    scheduler.schedule_absolute(31, lambda *_: slots.backlog(False))
+    run_flow([(10, ev(1)), (20, ev(2)), (30, ev(3)), (50, ev(4))], agents, slots=slots)
+    assert [(r.start, r.ids) for r in agents.runs] == [(31, (1, 2, 3)), (50, (4,))]
+
+
+def test_a_long_backlog_holds_runs_for_at_most_the_hold_at_a_time() -> None:
+    scheduler = TestScheduler()
+    agents = FakeAgents([agent_config("a")], scheduler, duration=lambda a, n: 5.0)
+    slots = Slots(0, schedule=_virtual(scheduler), hold=25.0)
+    for at in range(9, 100, 10):  # a read every 10, always with more behind it
+        scheduler.schedule_absolute(at, lambda *_: slots.backlog(True))
+    run_flow([(t + 1, ev(t // 10 + 1)) for t in range(9, 100, 10)], agents, slots=slots)
+    starts = [r.start for r in agents.runs]
+    assert starts[:2] == [34, 64], "held 25 from the first read, again from the next one"
+    assert agents.delivered("a") == list(range(1, 11))
+
+
+def test_with_a_limit_a_held_run_still_waits_its_turn() -> None:
+    scheduler = TestScheduler()
+    configs = [agent_config(f"a{i}", scopes=[f"repo:teams/ghit/{i}"]) for i in range(2)]
+    agents = FakeAgents(configs, scheduler, duration=lambda a, n: 10.0)
+    slots = Slots(1, schedule=_virtual(scheduler), hold=100.0)
+    scheduler.schedule_absolute(9, lambda *_: slots.backlog(True))
+    scheduler.schedule_absolute(15, lambda *_: slots.backlog(False))
+    run_flow(
+        [(10, ev(1, scope="repo:teams/ghit/0")), (11, ev(2, scope="repo:teams/ghit/1"))],
+        agents,
+        slots=slots,
+    )
+    assert [(r.agent, r.start) for r in agents.runs] == [("a0", 15), ("a1", 25)]

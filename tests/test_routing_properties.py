@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reactivex import Observable
 from reactivex.testing import TestScheduler
 from rxfakes import FakeAgents, agent_config, ev, run_flow
+
+from ghitwork.agent import Agent
+from ghitwork.events import Event
+from ghitwork.results import RunResult
+from ghitwork.routing import Matcher, Slots
 
 SCOPES = ["team:a", "repo:teams/a/r1", "repo:teams/a/r2", "thread:teams/a/r1/1", "user:u"]
 EVENT_SCOPES = [
@@ -40,29 +47,49 @@ events_strategy = st.lists(
 )
 
 
+class HoldAware(FakeAgents):
+    slots: Slots | None = None
+
+    def launch(self, agent: Agent, batch: list[Event]) -> Observable[RunResult]:
+        assert self.slots is None or not self.slots.held, "a run started during a hold"
+        return super().launch(agent, batch)
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     agents_strategy,
     events_strategy,
     st.lists(st.integers(1, 60), min_size=1, max_size=8),
     st.integers(0, 4),
+    st.lists(st.tuples(st.integers(0, 1500), st.booleans()), max_size=12),
+    st.integers(1, 200),
 )
 def test_runs_never_overlap_respect_the_limit_and_deliver_every_match_once_in_order(
     specs: list[tuple[list[str], list[str]]],
     arrivals: list[tuple[int, str, str, str | None]],
     durations: list[int],
     limit: int,
+    backlog: list[tuple[int, bool]],
+    hold: int,
 ) -> None:
+    """...whatever the stream's backlog does meanwhile (catch-up holds, Slots.backlog)."""
     configs = [agent_config(f"a{i}", scopes=s, kinds=k) for i, (s, k) in enumerate(specs)]
     scheduler = TestScheduler()
-    agents = FakeAgents(
+    agents = HoldAware(
         configs, scheduler, duration=lambda a, n: float(durations[(n + len(a)) % len(durations)])
     )
+
+    def schedule(delay: float, action: Callable[[], None]) -> Callable[[], None]:
+        return scheduler.schedule_relative(delay, lambda *_: action()).dispose
+
+    slots = agents.slots = Slots(limit, schedule=schedule, hold=float(hold))
+    for at, more in backlog:
+        scheduler.schedule_absolute(at, lambda *_, more=more: slots.backlog(more))
     events, time = [], 1
     for ident, (gap, kind, scope, actor) in enumerate(arrivals, start=1):
         time += gap
         events.append((float(time), ev(ident, kind=kind, scope=scope, actor=actor)))
-    run_flow(events, agents, limit=limit, until=time + 100_000)
+    run_flow(events, agents, until=time + 100_000, slots=slots)
 
     if limit:
         assert agents.most_concurrent() <= limit
@@ -89,3 +116,48 @@ def _covering(scope: str) -> list[str]:
         "repo:teams/a/r2": ["team:a"],
     }
     return [scope, *parents.get(scope, [])]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(SCOPES), min_size=1, max_size=3, unique=True),
+            st.lists(st.sampled_from(KINDS), min_size=1, max_size=2, unique=True),
+            st.sampled_from(["a0", "a1", "someone"]),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.lists(
+        st.tuples(
+            st.sampled_from([*KINDS, "unknown"]),
+            st.lists(st.sampled_from(EVENT_SCOPES), max_size=3),
+            st.sampled_from(ACTORS),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_matching_is_the_definition_for_any_agents_and_events(
+    specs: list[tuple[list[str], list[str], str, bool]],
+    events: list[tuple[str, list[str], str | None]],
+) -> None:
+    """Kind, a covering scope (any of the event's), not the agent's own: in config order."""
+    configs = [
+        agent_config(f"a{i}", scopes=s, kinds=k, username=user, enabled=on)
+        for i, (s, k, user, on) in enumerate(specs)
+    ]
+    matcher = Matcher(configs)
+    for ident, (kind, scopes, actor) in enumerate(events * 2, start=1):  # twice: cached
+        event = Event(ident, kind, actor, tuple(scopes), {})
+        expected = tuple(
+            c.name
+            for c in configs
+            if c.enabled
+            and kind in c.event_kinds
+            and actor != c.username
+            and any(cover in c.event_scopes for scope in scopes for cover in _covering(scope))
+        )
+        assert matcher.match(event) == expected

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ghitwork.events import Event
 from ghitwork.store import Saved, SavedAgent, StateDirError, Store
 
 
@@ -20,8 +21,10 @@ def test_journal_records_rebuild_pending_inflight_sessions_and_cursor(tmp_path: 
     store, saved, _ = opened(tmp_path)
     assert saved.cursor is None and saved.agents == {}
     store.compact(saved)
-    store.record_event(b'{"id": 1, "kind": "k"}', ["a", "b"])
-    store.record_event(b'{\n "id": 2,\n "kind": "k"\n}', ["a"])
+    one = Event(1, "k", None, (), {"id": 1, "kind": "k"}, b'{"id": 1, "kind": "k"}')
+    two = Event(2, "k", None, (), {"id": 2, "kind": "k"}, b'{\n "id": 2,\n "kind": "k"\n}')
+    nobody = Event(3, "k", None, (), {"id": 3, "kind": "k"})
+    assert store.record_events([(one, ("a", "b")), (two, ("a",)), (nobody, ())]) == 2
     store.record({"start": "a", "ids": [1, 2], "at": 10.0})
     store.record({"done": "b", "ids": [1]})
     store.record({"session": "a", "id": "S1"})
