@@ -14,7 +14,6 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import NoReturn, TextIO
 
@@ -229,6 +228,8 @@ PROMPT_FILE = "prompt.md.j2"
 def init(path: Path, out: TextIO, presets: Sequence[str] = PRESETS) -> int:
     """Write the example config at `path` (the [ghit-work] table, then one agent per preset)
     and its prompt template beside it; never overwrite."""
+    from importlib import resources  # here: the daemon's start-up does not need it
+
     templates = resources.files("ghitwork") / "templates"
     config = templates.joinpath("ghit-work.toml").read_text(encoding="utf-8")
     for preset in dict.fromkeys(presets):

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import gc
 import os
 import signal
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from reactivex.subject import Subject
 
-from ghitwork import deadletters, entry, pipeline, snapshot
+from ghitwork import deadletters, entry, pipeline, runtime, snapshot
 from ghitwork.children import Children, end_left_behind
 from ghitwork.config import Config, ConfigError, command_problems, subscription_union
 from ghitwork.dashboard import DashboardModel
@@ -39,7 +37,6 @@ from ghitwork.state import (
 )
 from ghitwork.store import StateDirError, Store
 
-GC_YOUNG = 500_000  # new container objects between collections of the youngest generation
 # Redelivery requests are taken within this (SPEC: 2 s); the status snapshot is rewritten at
 # most this often.
 TICK = min(deadletters.POLL, snapshot.REFRESH)
@@ -74,7 +71,10 @@ class Daemon:
         self.events: Subject[Burst] = Subject()
         self.injected: Subject[Pair] = Subject()
         self.store = Store(config.state_dir, self._report_store)
-        self.journal = Journal(self.store, self.dispatcher, bus, self._cursor)
+        self.journal = Journal(
+            self.store, self.dispatcher, bus, self._cursor, lambda: self._backlog
+        )
+        self._backlog = False  # the last read from tail-events left more waiting
         self.source: TailSource | None = None
         self.model = model or DashboardModel()
         if model is None:
@@ -103,8 +103,8 @@ class Daemon:
 
     # -- lifecycle
     async def run(self) -> Exit:
-        _use_pidfd_child_watcher()
-        _tune_gc()
+        runtime.use_pidfd_child_watcher()
+        runtime.tune_gc()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
@@ -188,7 +188,7 @@ class Daemon:
             window=lambda: self.config.retry,
             cursor=cursor,
             active=lambda: bool(self.config.enabled_agents),
-            backlog=self.slots.backlog,
+            backlog=self._behind,
         )
         source_task = asyncio.ensure_future(source.run())
         stop_task = asyncio.ensure_future(self._stop_requested.wait())
@@ -366,34 +366,13 @@ class Daemon:
                 f"{problem}; its runs fail until it is installed (checked again at each run)",
             )
 
+    def _behind(self, more: bool) -> None:
+        """After each read from tail-events: whether more is already waiting (a catch-up)."""
+        self._backlog = more
+        self.slots.backlog(more)
+
     def _emit(self, burst: list[Event]) -> None:
         """One read from tail-events: route it (runs may start; the journal is written before
         any run takes an event), then one write for everything it brought."""
         self.events.on_next(burst)
         self.journal.read_up_to(self.source.cursor if self.source else None)
-
-
-def _tune_gc() -> None:
-    """A catch-up keeps hundreds of thousands of young objects alive (events waiting in
-    queues), and with CPython's default (a collection every 700 new containers) the cyclic
-    collector cost more than decoding them; even at 50,000 it took a tenth of a catch-up's
-    time, finding nothing (reference counting frees what ghit-work drops: a 100,000-event
-    catch-up leaves a few hundred objects in cycles). So what start-up made is set aside for
-    good, and the youngest generation is collected every GC_YOUNG new containers.
-    Figures: docs/performance.md."""
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG, middle, old)
-
-
-def _use_pidfd_child_watcher() -> None:
-    """On Python 3.11 asyncio starts a thread per child process to wait for it; a pidfd
-    watcher waits in the loop itself (the default from 3.12 on). Agents start often."""
-    if sys.version_info >= (3, 12) or not hasattr(asyncio, "PidfdChildWatcher"):
-        return
-    try:
-        watcher = asyncio.PidfdChildWatcher()
-        watcher.attach_loop(asyncio.get_running_loop())
-        asyncio.set_child_watcher(watcher)
-    except (OSError, RuntimeError, NotImplementedError):  # no pidfd_open: keep the default
-        pass

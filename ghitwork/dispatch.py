@@ -27,6 +27,7 @@ from ghitwork.output import Patterns
 from ghitwork.results import RunResult
 from ghitwork.routing import Matcher, Pair
 from ghitwork.runner import Account, Invocation, Why, agent_environment
+from ghitwork.saved import Saved, SavedAgent
 from ghitwork.state import (
     AgentState,
     Change,
@@ -38,7 +39,6 @@ from ghitwork.state import (
     Route,
     UsageLoaded,
 )
-from ghitwork.store import Saved, SavedAgent
 from ghitwork.usage import Ledger, Tally
 
 

@@ -33,8 +33,9 @@ class Event(NamedTuple):
     actor: str | None
     scopes: tuple[str, ...]
     data: dict[str, Any]
-    # The JSON as printed (journaled and snapshotted verbatim; whitespace around it may be
-    # kept); empty when built in code.
+    # The JSON as printed, on one line (journaled and snapshotted verbatim; newlines of a
+    # pretty-printed object are spaces, whitespace around it may be kept); empty when built
+    # in code.
     raw: bytes = b""
 
 
@@ -223,7 +224,7 @@ class Decoder:
         except ValueError as error:
             yield Malformed(f"not JSON ({error})", excerpt(text))
             return
-        yield to_event(obj, text)
+        yield to_event(obj, text.replace(b"\n", b" "))  # one line, as a journal needs
 
     def _reset(self) -> None:
         self._parts = []

@@ -33,11 +33,13 @@ class Journal:
         dispatcher: Dispatcher,
         bus: StateBus,
         cursor: Callable[[], int | None],
+        catching_up: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.bus = bus
         self.cursor = cursor
+        self.catching_up = catching_up  # tail-events has more output waiting
         self._sessions: dict[str, str | None] = {}
         self._journaled = -1  # highest event id written to the journal
         self._sync_timer: asyncio.TimerHandle | None = None
@@ -97,7 +99,7 @@ class Journal:
             if not sync and self._sync_timer is None:
                 loop = asyncio.get_running_loop()
                 self._sync_timer = loop.call_later(SYNC_DELAY, self._sync)
-            if self.store.wants_compaction():
+            if self.store.wants_compaction(busy=self.catching_up()):
                 self.store.compact(self.dispatcher.snapshot(self.cursor()))
         except OSError as error:
             self.bus.notice(

@@ -24,6 +24,7 @@ from ghitwork import __version__
 from ghitwork.archive import iso
 from ghitwork.dashboard import AgentView, DashboardModel, View
 from ghitwork.results import RunResult
+from ghitwork.saved import dumps
 from ghitwork.status import id_ranges
 
 FILE = "status.json"
@@ -133,7 +134,7 @@ class Snapshots:
         now = time.monotonic()
         cached = self._cached
         if cached is None or (cached[0] != key and now - cached[1] >= fresh):
-            data = json.dumps(self.current(), ensure_ascii=False).encode()
+            data = dumps(self.current())
             self._cached = cached = (key, now, data)
         return cached[2]
 

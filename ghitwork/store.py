@@ -10,9 +10,11 @@
 The journal is a write-ahead log in stream order: an event is journaled (with the agents it
 was routed to) before any run can take it, so the cursor, derived from the journal, never
 moves past an event that is not saved. Records are buffered and written in groups: once per
-burst read from tail-events, and at every batch start and end (each with one fsync). The
-snapshot is rewritten (temp file, fsync, rename) when the journal has grown past twice its
-size, at start and at a clean stop; then a new journal generation begins.
+burst read from tail-events, and at every batch start and end; the fsync follows within
+journal.SYNC_DELAY. The snapshot (saved.py) is rewritten (temp file, fsync, rename) at start,
+at a clean stop, and when the journal has grown past four times its size (16 MiB at least;
+PUT_OFF times that while a catch-up is being read, when most events are still queued and a
+snapshot would be at its largest); then a new journal generation begins.
 
 Loading tolerates a torn last line (a crash mid-write). Anything else unreadable is reported,
 renamed aside (`*.corrupt-TIMESTAMP`), and never fatal.
@@ -22,153 +24,23 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
+from ghitwork.saved import Saved, dumps, from_snapshot, loads, snapshot_document
 from ghitwork.state import Route
-from ghitwork.usage import Charge, Ledger
 
-VERSION = 1
 MIN_COMPACT_BYTES = 16 * 1024 * 1024
-
-
-def dumps(data: object) -> bytes:
-    """Compact JSON. orjson is several times faster than json, which a catch-up's
-    compactions showed; json writes what orjson refuses (an integer past 64 bits)."""
-    try:
-        return orjson.dumps(data)
-    except TypeError:
-        return json.dumps(data, separators=(",", ":")).encode()
-
-
-def loads(data: bytes) -> Any:
-    """JSON written by `dumps` (or by hand): orjson, and json for what it refuses."""
-    try:
-        return orjson.loads(data)
-    except ValueError:
-        return json.loads(data)
+PUT_OFF = 8  # how much further a journal may grow while a catch-up is read
 
 
 class StateDirError(Exception):
     """The state dir cannot be used at all (not writable, or locked by another ghit-work)."""
-
-
-@dataclass
-class SavedAgent:
-    pending: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> event object
-    raw: dict[int, bytes] = field(default_factory=dict)  # id -> the event as printed, if known
-    inflight: set[int] = field(default_factory=set)  # handed to a run that did not finish
-    session_id: str | None = None
-    runs: list[float] = field(default_factory=list)  # start times, for run budgets
-
-
-@dataclass
-class Saved:
-    cursor: int | None = None
-    agents: dict[str, SavedAgent] = field(default_factory=dict)
-    dead: dict[int, dict[str, Any]] = field(default_factory=dict)  # dead letter id -> record
-    next_dead_letter: int = 1
-    ledger: Ledger = field(default_factory=Ledger)  # token use and cost
-
-    def agent(self, name: str) -> SavedAgent:
-        return self.agents.setdefault(name, SavedAgent())
-
-    def apply(self, record: dict[str, Any]) -> None:
-        """Replay one journal record."""
-        if "e" in record:
-            event = record["e"]
-            ident = int(event["id"])
-            self.cursor = ident if self.cursor is None else max(self.cursor, ident)
-            for name in record.get("to", ()):
-                self.agent(name).pending[ident] = event
-        elif "c" in record:
-            ident = int(record["c"])
-            self.cursor = ident if self.cursor is None else max(self.cursor, ident)
-        elif "start" in record:
-            agent = self.agent(record["start"])
-            agent.inflight.update(int(i) for i in record["ids"])
-            if "at" in record:
-                agent.runs.append(float(record["at"]))
-        elif "done" in record:
-            agent = self.agent(record["done"])
-            for ident in record["ids"]:
-                agent.pending.pop(int(ident), None)
-                agent.inflight.discard(int(ident))
-        elif "session" in record:
-            self.agent(record["session"]).session_id = record.get("id")
-        elif "dead" in record:
-            # The batch's last attempt failed: its events leave the queue as one dead letter.
-            letter = record["dead"]
-            ident = int(letter["id"])
-            agent = self.agent(letter["agent"])
-            for event in letter["events"]:
-                agent.pending.pop(int(event["id"]), None)
-                agent.inflight.discard(int(event["id"]))
-            self.dead[ident] = letter
-            self.next_dead_letter = max(self.next_dead_letter, ident + 1)
-        elif "usage" in record:
-            self.ledger.apply(Charge.from_record(record["usage"]))
-        elif "redeliver" in record:
-            letter = self.dead.pop(int(record["redeliver"]), None)
-            if letter is not None:
-                agent = self.agent(letter["agent"])
-                for event in letter["events"]:
-                    agent.pending[int(event["id"])] = event
-                    agent.inflight.add(int(event["id"]))  # delivered before: `redelivered`
-
-
-def _snapshot(saved: Saved, generation: int, verbatim: bool = True) -> dict[str, Any]:
-    """The snapshot document; `verbatim`: events as tail-events printed them, when known
-    (spliced into the output by orjson, not serialized again)."""
-
-    def pending(agent: SavedAgent) -> list[Any]:
-        raw = agent.raw if verbatim else {}
-        return [
-            orjson.Fragment(raw[i]) if i in raw else agent.pending[i] for i in sorted(agent.pending)
-        ]
-
-    return {
-        "version": VERSION,
-        "generation": generation,
-        "cursor": saved.cursor,
-        "agents": {
-            name: {
-                "pending": pending(agent),
-                "inflight": sorted(agent.inflight),
-                "session_id": agent.session_id,
-                "runs": agent.runs,
-            }
-            for name, agent in saved.agents.items()
-            if agent.pending or agent.session_id or agent.runs
-        },
-        "dead_letters": [saved.dead[i] for i in sorted(saved.dead)],
-        "next_dead_letter": saved.next_dead_letter,
-        "usage": saved.ledger.to_json(),
-    }
-
-
-def _from_snapshot(data: Any) -> tuple[Saved, int]:
-    if not isinstance(data, dict) or data.get("version") != VERSION:
-        raise ValueError("not a ghit-work state file of version 1")
-    saved = Saved(cursor=data.get("cursor"))
-    for name, raw in data.get("agents", {}).items():
-        saved.agents[name] = SavedAgent(
-            pending={int(e["id"]): e for e in raw.get("pending", [])},
-            inflight={int(i) for i in raw.get("inflight", [])},
-            session_id=raw.get("session_id"),
-            runs=[float(t) for t in raw.get("runs", [])],
-        )
-    saved.dead = {int(letter["id"]): letter for letter in data.get("dead_letters", [])}
-    saved.next_dead_letter = int(data.get("next_dead_letter", 1))
-    saved.ledger = Ledger.from_json(data.get("usage"))
-    return saved, int(data.get("generation", 0))
 
 
 def peek(state_dir: Path) -> Saved:
@@ -181,7 +53,7 @@ def peek(state_dir: Path) -> Saved:
         saved, generation = Saved(), 0
         try:
             if snapshot.exists():
-                saved, generation = _from_snapshot(loads(snapshot.read_bytes()))
+                saved, generation = from_snapshot(loads(snapshot.read_bytes()))
             journal = state_dir / f"journal-{generation}.jsonl"
             lines = journal.read_bytes().split(b"\n") if journal.exists() else []
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
@@ -283,7 +155,7 @@ class Store:
         snapshot = self.dir / "state.json"
         if snapshot.exists():
             try:
-                saved, generation = _from_snapshot(loads(snapshot.read_bytes()))
+                saved, generation = from_snapshot(loads(snapshot.read_bytes()))
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
                 self._set_aside(snapshot, f"unreadable ({_reason(error)})")
                 saved, generation = Saved(), 0
@@ -337,22 +209,21 @@ class Store:
         self._buffer.append(dumps(record) + b"\n")
 
     def record_events(self, routes: Iterable[Route]) -> int | None:
-        """Routed events, each journaled with its agents and the bytes tail-events printed
-        (events no agent wants are not); returns the id of the last one journaled."""
+        """Routed events, each journaled with its agents and the bytes tail-events printed,
+        on one line; events no agent wants are not. Returns the id of the last journaled."""
         prefixes = self._agents_json
-        append = self._buffer.append
+        extend = self._buffer.extend
         last = None
         for event, agents in routes:
-            if not agents:
-                continue
-            prefix = prefixes.get(agents)
-            if prefix is None:
-                prefix = prefixes[agents] = b'{"to":' + dumps(list(agents)) + b',"e":'
-            raw = event.raw or dumps(event.data)
-            if b"\n" in raw:
-                raw = raw.replace(b"\n", b" ")  # pretty-printed: newlines are only whitespace
-            append(prefix + raw + b"}\n")
-            last = event.id
+            if agents:
+                prefix = prefixes.get(agents)
+                if prefix is None:
+                    prefix = prefixes[agents] = b'{"to":' + dumps(list(agents)) + b',"e":'
+                raw = event.raw or dumps(event.data)
+                if b"\n" in raw:  # not from the decoder (it makes one line of an object)
+                    raw = raw.replace(b"\n", b" ")
+                extend((prefix, raw, b"}\n"))
+                last = event.id
         return last
 
     @property
@@ -394,8 +265,12 @@ class Store:
 
         return fsync
 
-    def wants_compaction(self) -> bool:
-        return self.journal_bytes > max(MIN_COMPACT_BYTES, 4 * self.snapshot_bytes)
+    def wants_compaction(self, busy: bool = False) -> bool:
+        """Time for a new snapshot: the journal has outgrown it. `busy` (a catch-up is being
+        read, its events mostly still queued, so a snapshot would be at its largest): not
+        until the journal is PUT_OFF times past that."""
+        due = max(MIN_COMPACT_BYTES, 4 * self.snapshot_bytes)
+        return self.journal_bytes > (due * PUT_OFF if busy else due)
 
     def compact(self, saved: Saved) -> None:
         """Write `saved` as the snapshot of a new generation, and start its empty journal."""
@@ -403,9 +278,9 @@ class Store:
         self._unsynced = False
         generation = self.generation + 1
         try:
-            data = orjson.dumps(_snapshot(saved, generation))
+            data = orjson.dumps(snapshot_document(saved, generation))
         except TypeError:  # what orjson refuses (an integer past 64 bits): json writes it
-            data = dumps(_snapshot(saved, generation, verbatim=False))
+            data = dumps(snapshot_document(saved, generation, verbatim=False))
         tmp = self.dir / ".state.json.tmp"
         with open(tmp, "wb") as handle:
             handle.write(data)

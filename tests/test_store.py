@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from ghitwork.events import Event
-from ghitwork.store import Saved, SavedAgent, StateDirError, Store
+from ghitwork.saved import Saved, SavedAgent
+from ghitwork.store import StateDirError, Store
 
 
 def opened(path: Path) -> tuple[Store, Saved, list[tuple[str, str]]]:
