@@ -29,7 +29,14 @@ from ghitwork.deadletters import DeadLetter
 from ghitwork.durations import MAX_BUDGET_RUNS, clock_time, format_duration
 from ghitwork.events import Event
 from ghitwork.results import RunResult
-from ghitwork.state import AgentChanged, AgentState, Change, RunFinished, RunStarted
+from ghitwork.state import (
+    BATCH_SHOWN,
+    AgentChanged,
+    AgentState,
+    Change,
+    RunFinished,
+    RunStarted,
+)
 
 RECENT_STARTS = MAX_BUDGET_RUNS  # run start times kept (enough for any run budget)
 WAITING = (AgentState.RETRYING, AgentState.RATE_LIMITED, AgentState.THROTTLED)
@@ -243,6 +250,7 @@ class Agent:
                 queue=len(self.pending),
                 attempt=self.tries.attempt,
                 attempts=self.config.run_attempts,
+                shown=tuple(batch[:BATCH_SHOWN]),
             )
         )
         return run.pipe(ops.do_action(on_next=self._finished))

@@ -44,7 +44,6 @@ MAX_EVENTS = 500
 MAX_LOG = 2000
 MAX_ATTENTION = 200
 MAX_RUNS = 20
-BATCH_SHOWN = 30  # events of a batch listed with kind and title (the rest by id only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +128,6 @@ class DashboardModel:
         # Recent events as they came (the lines are made only when a view is asked for: a
         # catch-up of 100,000 events must not build 100,000 lines nobody reads).
         self.events: deque[tuple[Event, tuple[str, ...]]] = deque(maxlen=MAX_EVENTS)
-        self.titles: dict[int, Event] = {}  # recent routed events, by id (batch titles)
         self._lines: dict[int, EventLine] = {}  # the lines made so far, by event id
         self.log: deque[str] = deque(maxlen=MAX_LOG)
         self.attention: deque[str] = deque(maxlen=MAX_ATTENTION)
@@ -161,8 +159,7 @@ class DashboardModel:
                 due=None,
             )
         elif isinstance(change, RunStarted):
-            shown = change.event_ids[:BATCH_SHOWN]
-            batch = tuple((i, *_kind_and_title(self.titles.get(i))) for i in shown)
+            batch = tuple((e.id, *_kind_and_title(e)) for e in change.shown)
             self._agent(
                 change.agent,
                 state=AgentState.WORKING,
@@ -227,13 +224,6 @@ class DashboardModel:
         routes = change.routes
         self.events_seen += len(routes)
         self.events.extend(routes)
-        titles = self.titles
-        for event, agents in routes:
-            if agents:
-                titles[event.id] = event
-        if len(titles) > 4 * MAX_EVENTS:
-            for old in list(titles)[: len(titles) - 2 * MAX_EVENTS]:
-                del titles[old]
         if self.threshold <= LEVELS[Level.DEBUG]:
             for event, agents in routes:
                 self.log.append(f"{_hms(change.at)} {routed_line(event, agents).message}")

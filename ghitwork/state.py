@@ -71,6 +71,7 @@ class RunStarted(Change):
     queue: int
     attempt: int = 1
     attempts: int = 1  # run_attempts of the agent
+    shown: tuple[Event, ...] = ()  # the batch's first BATCH_SHOWN events, listed by viewers
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +112,7 @@ class DeadLettersRedelivered(Change):
     by: str = ""  # who handed them back: "ghit-work redeliver", "the dashboard"
 
 
+BATCH_SHOWN = 30  # events of a batch listed with kind and title (the rest by id only)
 Route = tuple[Event, tuple[str, ...]]  # an event and the agents it went to (maybe none)
 
 

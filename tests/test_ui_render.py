@@ -61,12 +61,13 @@ def model() -> DashboardModel:
         ),
     )
     m(ConfigApplied(config=config, at=NOW))
+    routed: dict[int, Event] = {}
     for ident, kind, actor, title, agents in [
         (1, "reply-created", "alice", "Add rate limiting", ("codex", "claude")),
         (2, "pull-created", "bob", "Fix the docs", ("claude",)),
         (3, "user-mention", "carol", "Flaky test", ()),
     ]:
-        event = Event(
+        event = routed[ident] = Event(
             ident,
             kind,
             actor,
@@ -86,6 +87,7 @@ def model() -> DashboardModel:
             session_id="S9",
             queue=0,
             at=NOW - 12,
+            shown=(routed[1],),
         )
     )
     failed = RunResult(
