@@ -242,7 +242,7 @@ class Agent:
             RunStarted(
                 agent=self.name,
                 old=old,
-                event_ids=tuple(e.id for e in batch),
+                event_ids=tuple([e.id for e in batch]),
                 pid=None,
                 resumed=self.resumed,
                 redelivered=self.was_redelivered(batch),

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import reactivex
 from reactivex import Observable
@@ -22,7 +23,7 @@ from ghitwork.agent import Agent, CannotStart
 from ghitwork.children import Children
 from ghitwork.config import AgentConfig, Config, secret_values
 from ghitwork.deadletters import DeadLetter
-from ghitwork.events import Event, to_event
+from ghitwork.events import Event, objects, to_event
 from ghitwork.output import Patterns
 from ghitwork.results import RunResult
 from ghitwork.routing import Matcher, Pair
@@ -96,7 +97,7 @@ class Dispatcher:
                 "username": config.username,
                 "workdir": str(config.workdir),
             },
-            "events": [event.data for event in batch],
+            "events": objects(batch),
             "session_id": agent.session_id,
             "resumed": resumed,
             "redelivered": agent.was_redelivered(batch),
@@ -126,7 +127,7 @@ class Dispatcher:
             prompt=text,
             workdir=config.workdir,
             env=agent_environment(self.environ, config.env, config.name),
-            event_ids=[event.id for event in batch],
+            event_ids=tuple([event.id for event in batch]),
             timeout=config.timeout,
             stall_timeout=config.stall_timeout,
             logdir=config.logdir,
@@ -322,11 +323,10 @@ class Dispatcher:
             events = [*agent.batch, *agent.pending]
             if not events and agent.session_id is None and not agent.runs:
                 continue
-            pending = {event.id: event.data for event in events}
+            pending: dict[int, dict[str, Any] | Event] = {event.id: event for event in events}
             inflight = {event.id for event in agent.batch} | agent.redelivered
             saved.agents[name] = SavedAgent(
                 pending=pending,
-                raw={event.id: event.raw for event in events if event.raw},
                 inflight=inflight & pending.keys(),
                 session_id=agent.session_id,
                 runs=list(agent.runs),

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from ghitwork.events import Event
 from ghitwork.usage import Charge, Ledger
 
 VERSION = 1
@@ -36,8 +37,8 @@ def loads(data: bytes) -> Any:
 
 @dataclass
 class SavedAgent:
-    pending: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> event object
-    raw: dict[int, bytes] = field(default_factory=dict)  # id -> the event as printed, if known
+    # id -> the event object as loaded; when saving, the Event itself (written as printed)
+    pending: dict[int, dict[str, Any] | Event] = field(default_factory=dict)
     inflight: set[int] = field(default_factory=set)  # handed to a run that did not finish
     session_id: str | None = None
     runs: list[float] = field(default_factory=list)  # start times, for run budgets
@@ -98,15 +99,25 @@ class Saved:
                     agent.inflight.add(int(event["id"]))  # delivered before: `redelivered`
 
 
-def snapshot_document(saved: Saved, generation: int, verbatim: bool = True) -> dict[str, Any]:
-    """The snapshot document; `verbatim`: events as tail-events printed them, when known
-    (spliced into the output by orjson, not serialized again)."""
+def encode_snapshot(saved: Saved, generation: int) -> bytes:
+    """The snapshot document as JSON, its events as tail-events printed them (spliced in by
+    orjson, not parsed and serialized again)."""
+    try:
+        return orjson.dumps(_document(saved, generation, verbatim=True), default=_verbatim)
+    except TypeError:  # what orjson refuses (an integer past 64 bits): json writes it
+        return dumps(_document(saved, generation, verbatim=False))
 
+
+def _verbatim(obj: object) -> object:
+    if isinstance(obj, Event):
+        return orjson.Fragment(obj.raw) if obj.raw else obj.data
+    raise TypeError(f"{type(obj).__name__} is not JSON")
+
+
+def _document(saved: Saved, generation: int, verbatim: bool) -> dict[str, Any]:
     def pending(agent: SavedAgent) -> list[Any]:
-        raw = agent.raw if verbatim else {}
-        return [
-            orjson.Fragment(raw[i]) if i in raw else agent.pending[i] for i in sorted(agent.pending)
-        ]
+        events = (agent.pending[i] for i in sorted(agent.pending))
+        return [e.data if isinstance(e, Event) and not verbatim else e for e in events]
 
     return {
         "version": VERSION,

@@ -30,9 +30,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
-
-from ghitwork.saved import Saved, dumps, from_snapshot, loads, snapshot_document
+from ghitwork.saved import Saved, dumps, encode_snapshot, from_snapshot, loads
 from ghitwork.state import Route
 
 MIN_COMPACT_BYTES = 16 * 1024 * 1024
@@ -277,10 +275,7 @@ class Store:
         self._buffer.clear()  # everything buffered is part of `saved`
         self._unsynced = False
         generation = self.generation + 1
-        try:
-            data = orjson.dumps(snapshot_document(saved, generation))
-        except TypeError:  # what orjson refuses (an integer past 64 bits): json writes it
-            data = dumps(snapshot_document(saved, generation, verbatim=False))
+        data = encode_snapshot(saved, generation)
         tmp = self.dir / ".state.json.tmp"
         with open(tmp, "wb") as handle:
             handle.write(data)

@@ -8,7 +8,7 @@ from conftest import event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ghitwork.events import Decoder, Event, Malformed
+from ghitwork.events import Decoder, Event, Malformed, objects
 
 
 def decode(chunks: list[bytes]) -> list[Event | Malformed]:
@@ -123,6 +123,9 @@ LINES = [
     b"}",
     b'{"id": 12,',
     b'"kind": "k"}',
+    b'{"id": 13, "kind": "k", "skipped": "\xff\xfe not UTF-8"}',
+    b'{"id": 14, "kind": "k", "big": 123456789012345678901234567890}',
+    b'{"id": 15, "kind": "k", "scopes": ["s"], "actor_user_username": "a", "id": 16}',
 ]
 
 
@@ -149,4 +152,16 @@ def test_decoding_many_lines_at_once_is_decoding_them_one_by_one(
 def _comparable(item: Event | Malformed) -> object:
     if isinstance(item, Malformed):
         return item
-    return (*item[:5], item.raw.strip())
+    return (item.id, item.kind, item.actor, item.scopes, item.data, item.raw.strip())
+
+
+def test_an_events_object_is_parsed_when_asked_for_and_always_comes() -> None:
+    decoder = Decoder()
+    lines = [json.dumps(event(i)).encode() for i in (1, 2, 3)]
+    events = [item for item in decoder.decode(lines) if isinstance(item, Event)]
+    assert [e.given for e in events] == [None, None, None], "nothing parsed whole up front"
+    assert objects(events) == [event(1), event(2), event(3)] == [e.data for e in events]
+    odd = Event(7, "k", None, (), None, b'{"id": 7, "kind": "k", "x": NaN}')  # json takes it
+    assert odd.data["id"] == 7 and objects([odd])[0]["x"] != 0
+    broken = Event(8, "k", None, (), None, b"{not json")
+    assert broken.data == {"id": 8, "kind": "k"}, "at least what routing read"
