@@ -192,7 +192,8 @@ def main(seconds: float = 60.0) -> int:
     )
     print(
         f"  lost: {sum(len(v) for v in lost.values())}, batches out of order: {unordered}, "
-        f"redelivered (delivered more than once): {redelivered}, final exit status: {status}"
+        f"redelivered (delivered more than once: failed runs' retries, runs a kill -9 cut): "
+        f"{redelivered}, final exit status: {status}"
     )
     ok = not any(lost.values()) and unordered == 0 and status == 0
     print(f"  result: {'every matched event reached its agent at least once' if ok else 'FAIL'}")

@@ -9,13 +9,13 @@ object (pretty-printers indent nested ones), so one truncated object never swall
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import msgspec
 import orjson
 
 MAX_OBJECT_BYTES = 64 * 1024 * 1024  # an event line (or pretty-printed object) up to 64 MiB
@@ -75,18 +75,22 @@ def _object(raw: bytes, ident: int, kind: str) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {"id": ident, "kind": kind}
 
 
-class _Routing(msgspec.Struct, gc=False):
-    """What routing reads of an event. msgspec skips the other fields without building them
-    (a third of the cost of parsing the whole object); a value of another type fails the
-    read's fast path, and `to_event` judges it line by line."""
+@functools.cache
+def _routing_decoder() -> Any:
+    """msgspec's decoder of what routing reads of an event. msgspec skips the other fields
+    without building them (a third of the cost of parsing the whole object); a value of
+    another type fails the read's fast path, and `to_event` judges it line by line. Built on
+    first use: importing msgspec takes ~8 ms, which the source spends once tail-events has
+    started (it makes its Decoder then), while tail-events starts too."""
+    import msgspec
 
-    id: int
-    kind: str
-    scopes: list[str] = []
-    actor_user_username: str | None = None
+    class Routing(msgspec.Struct, gc=False):
+        id: int
+        kind: str
+        scopes: list[str] = []
+        actor_user_username: str | None = None
 
-
-_ROUTING = msgspec.json.Decoder(list[_Routing])
+    return msgspec.json.Decoder(list[Routing])
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,7 @@ class Decoder:
     """Feed it lines (bytes, newline included or not); it yields events and malformed input."""
 
     def __init__(self) -> None:
+        self._routing = _routing_decoder()
         self._parts: list[bytes] = []
         self._size = 0
         self._depth = 0
@@ -162,7 +167,7 @@ class Decoder:
             try:
                 if not joined.isascii():
                     joined.decode("utf-8")  # msgspec does not check the fields it skips
-                values = _ROUTING.decode(joined)
+                values = self._routing.decode(joined)
             except ValueError:  # msgspec's errors are ValueErrors
                 values = None
             # A line holding two values, or none, would shift the pairs: then line by line.
@@ -174,7 +179,7 @@ class Decoder:
         return out
 
     @staticmethod
-    def _events(values: list[_Routing], lines: Sequence[bytes]) -> list[Event | Malformed]:
+    def _events(values: list[Any], lines: Sequence[bytes]) -> list[Event | Malformed]:
         new = tuple.__new__
         out: list[Event | Malformed] = []
         append = out.append
