@@ -10,7 +10,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import GHIT_WORK, REPLAY, ROOT, Setup, event, ghit_work, poll, write_events
+from conftest import (
+    GHIT_WORK,
+    REPLAY,
+    ROOT,
+    Setup,
+    event,
+    ghit_work,
+    poll,
+    toml_list,
+    write_events,
+)
 
 TOKEN = "ghit-token-0123456789"
 
@@ -239,3 +249,41 @@ def test_tail_events_stderr_is_shown(setup: Setup) -> None:
     result = ghit_work("--drain", cwd=setup.path)
     assert result.returncode == 0
     assert "tail-events: error: stream closed after 1 events (injected)" in result.stderr
+
+
+def test_a_catch_up_comes_in_large_batches_not_one_per_read(setup: Setup) -> None:
+    """tail-events `cat`s 50,000 events (20 MB) into the pipe faster than ghit-work reads
+    them, 256 KiB (~640 events) a read. Runs wait while more is waiting in the pipe (0.25 s at
+    most at a time), so each agent's first batch holds many reads' worth of its events, not
+    the first read's; every event still arrives once, in order."""
+    count, agents = 50_000, 10
+    write_events(
+        setup.events,
+        (event(i, scopes=[f"thread:teams/ghit/r{i % agents}/1"]) for i in range(1, count + 1)),
+    )
+    record = setup.path / "record"
+    setup.write_config(
+        {
+            f"a{n}": {
+                "cmd": ["sh", "-c", 'cat >> "$RECORD"; echo run >> "$RECORD"'],
+                "event_scopes": [f"repo:teams/ghit/r{n}"],
+                "env": {"RECORD": f"{record}{n}"},
+            }
+            for n in range(agents)
+        },
+        prompt="{% for e in events %}{{ e.id }}\n{% endfor %}",
+    )
+    config = setup.config.read_text().replace(
+        f"tail_cmd = {toml_list([REPLAY, str(setup.events)])}",
+        f"tail_cmd = {toml_list(['sh', '-c', f'cat {setup.events}', 'tail'])}",
+    )
+    setup.config.write_text(config)
+    result = ghit_work("--drain", cwd=setup.path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for n in range(agents):
+        batches = Path(f"{record}{n}").read_text().split("run\n")[:-1]
+        ids = [[int(i) for i in batch.split()] for batch in batches]
+        assert [i for batch in ids for i in batch] == [
+            i for i in range(1, count + 1) if i % agents == n
+        ]
+        assert len(ids[0]) > 3 * 640 // agents, f"a{n}'s first batch: {len(ids[0])} events"
