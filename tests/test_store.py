@@ -9,7 +9,7 @@ import pytest
 
 from ghitwork.events import Event
 from ghitwork.saved import Saved, SavedAgent
-from ghitwork.store import StateDirError, Store
+from ghitwork.store import MIN_COMPACT_BYTES, PUT_OFF, StateDirError, Store
 
 
 def opened(path: Path) -> tuple[Store, Saved, list[tuple[str, str]]]:
@@ -55,6 +55,41 @@ def test_a_snapshot_starts_a_new_generation_and_old_journals_go(tmp_path: Path) 
     reopened, loaded, _ = opened(tmp_path)
     reopened.close()
     assert loaded.cursor == 5 and list(loaded.agents["a"].pending) == [3]
+
+
+def test_a_snapshot_writes_events_as_printed_and_whatever_orjson_refuses_with_json(
+    tmp_path: Path,
+) -> None:
+    store, saved, _ = opened(tmp_path)
+    printed = b'{"id": 1, "kind": "k", "x": [1, {"y": null}]}'
+    saved.agents["a"] = SavedAgent(pending={1: Event(1, "k", None, (), None, printed)})
+    saved.agents["b"] = SavedAgent(pending={2: {"id": 2, "kind": "k", "big": 2**70}})
+    store.compact(saved)  # orjson refuses 2**70: the whole snapshot goes through json
+    saved.agents["b"].pending[2] = {"id": 2, "kind": "k"}
+    store.compact(saved)  # now orjson, the event spliced in as printed
+    assert printed in (tmp_path / "state.json").read_bytes()
+    store.close()
+    for big in (False, True):
+        if big:
+            store, saved, _ = opened(tmp_path)
+            saved.agents["b"].pending[2] = {"id": 2, "kind": "k", "big": 2**70}
+            store.compact(saved)
+            store.close()
+        reopened, loaded, _ = opened(tmp_path)
+        reopened.close()
+        assert loaded.agents["a"].pending[1] == {"id": 1, "kind": "k", "x": [1, {"y": None}]}
+        b = loaded.agents["b"].pending[2]
+        assert isinstance(b, dict) and b["id"] == 2 and b.get("big") == (2**70 if big else None)
+
+
+def test_compaction_waits_while_a_catch_up_is_read_but_not_forever(tmp_path: Path) -> None:
+    store, saved, _ = opened(tmp_path)
+    store.compact(saved)
+    store.journal_bytes = MIN_COMPACT_BYTES + 1
+    assert store.wants_compaction() and not store.wants_compaction(busy=True)
+    store.journal_bytes = MIN_COMPACT_BYTES * PUT_OFF + 1
+    assert store.wants_compaction(busy=True)
+    store.close()
 
 
 def test_a_torn_last_record_is_ignored(tmp_path: Path) -> None:
