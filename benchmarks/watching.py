@@ -22,8 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import ENV, GHIT_WORK, RECORD_CMD, Workdir, latencies, median_time
-from data import make_agents, write_config
+from bench import ENV, latencies, median_time, start_up_seconds
 
 ELSEWHERE = """\
 import os, sys
@@ -36,32 +35,6 @@ app = web.Application()
 app.router.add_get("/api/v1/state", state)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=None, access_log=None)
 """
-
-
-def start_up(root: Path, repeats: int, http: bool) -> float:
-    work = Workdir(root, f"startup-{'http' if http else 'plain'}")
-    stamp = work.path / "started"
-    config = work.path / "ghit-work.toml"
-    write_config(
-        config,
-        make_agents(1),
-        ["sh", "-c", 'date +%s.%N > "$0"', str(stamp)],
-        RECORD_CMD,
-        work.records,
-    )
-    if http:
-        config.write_text(
-            config.read_text().replace("[ghit-work]", '[ghit-work]\nhttp = "127.0.0.1:0"')
-        )
-    times = []
-    for _ in range(repeats):
-        work.reset()
-        started = time.time()
-        subprocess.run(
-            [GHIT_WORK, "--drain"], cwd=work.path, env=ENV, check=True, stderr=subprocess.DEVNULL
-        )
-        times.append(float(stamp.read_text()) - started)
-    return statistics.median(times)
 
 
 def main() -> int:
@@ -98,8 +71,8 @@ def main() -> int:
             )
         print(f"  answers to the pollers by status: {answered}")
         repeats = 3 if args.quick else 7
-        plain = start_up(root, repeats, http=False)
-        served = start_up(root, repeats, http=True)
+        plain = start_up_seconds(root, repeats, http=False)
+        served = start_up_seconds(root, repeats, http=True)
 
         def imports() -> None:
             subprocess.run([sys.executable, "-c", "import reactivex, jinja2"], env=ENV, check=True)

@@ -178,21 +178,16 @@ class Decoder:
             out.extend(self.feed(line))
         return out
 
-    @staticmethod
-    def _events(values: list[Any], lines: Sequence[bytes]) -> list[Event | Malformed]:
+    def _events(self, values: list[Any], lines: Sequence[bytes]) -> list[Event | Malformed]:
         new = tuple.__new__
         out: list[Event | Malformed] = []
         append = out.append
         for value, line in zip(values, lines, strict=True):
             if value.kind:
-                scopes = tuple(value.scopes)
-                append(
-                    new(
-                        Event, (value.id, value.kind, value.actor_user_username, scopes, None, line)
-                    )
-                )
-            else:
-                append(Malformed("no kind", excerpt(line)))
+                actor, scopes = value.actor_user_username, tuple(value.scopes)
+                append(new(Event, (value.id, value.kind, actor, scopes, None, line)))
+            else:  # an empty kind: `feed` (to_event) says what is wrong with it
+                out.extend(self.feed(line))
         return out
 
     def feed(self, line: bytes) -> Iterator[Event | Malformed]:
