@@ -97,7 +97,7 @@ class Dispatcher:
                 "username": config.username,
                 "workdir": str(config.workdir),
             },
-            "events": objects(batch),
+            "events": objects(batch, config.prompt.fields),
             "session_id": agent.session_id,
             "resumed": resumed,
             "redelivered": agent.was_redelivered(batch),

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from ghitwork.events import Event
+from ghitwork.events import Event, parse_json
 from ghitwork.usage import Charge, Ledger
 
 VERSION = 1
@@ -28,11 +28,8 @@ def dumps(data: object) -> bytes:
 
 
 def loads(data: bytes) -> Any:
-    """JSON written by `dumps` (or by hand): orjson, and json for what it refuses."""
-    try:
-        return orjson.loads(data)
-    except ValueError:
-        return json.loads(data)
+    """JSON written by `dumps` (or by hand), integers of any size exact (`parse_json`)."""
+    return parse_json(data)
 
 
 @dataclass
