@@ -71,10 +71,13 @@ class Daemon:
         self.events: Subject[Burst] = Subject()
         self.injected: Subject[Pair] = Subject()
         self.store = Store(config.state_dir, self._report_store)
+        # A compaction waits while a catch-up is read, and once a drain's stream has ended
+        # (the snapshot at exit follows).
         self.journal = Journal(
-            self.store, self.dispatcher, bus, self._cursor, lambda: self._backlog
+            self.store, self.dispatcher, bus, self._cursor, lambda: self._backlog or self._ending
         )
         self._backlog = False  # the last read from tail-events left more waiting
+        self._ending = False  # --drain: tail-events finished; the queued batches go, then exit
         self.source: TailSource | None = None
         self.model = model or DashboardModel()
         if model is None:
@@ -221,6 +224,7 @@ class Daemon:
         return Exit.SOURCE_GAVE_UP
 
     async def _drain(self, drained: asyncio.Future[None]) -> Exit:
+        self._ending = True
         self.bus.notice(
             Level.INFO, "drain", "tail-events finished: delivering every queued batch, then exiting"
         )

@@ -253,6 +253,10 @@ class Dispatcher:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def queued(self) -> int:
+        """Events waiting or in a run, counted once per agent (as a snapshot holds them)."""
+        return sum([len(agent.pending) + len(agent.batch) for agent in self.agents.values()])
+
     def pending_events(self) -> dict[str, list[Event]]:
         return {name: list(agent.pending) for name, agent in self.agents.items() if agent.pending}
 

@@ -99,7 +99,7 @@ class Journal:
             if not sync and self._sync_timer is None:
                 loop = asyncio.get_running_loop()
                 self._sync_timer = loop.call_later(SYNC_DELAY, self._sync)
-            if self.store.wants_compaction(busy=self.catching_up()):
+            if self.store.wants_compaction(self.catching_up(), self.dispatcher.queued()):
                 self.store.compact(self.dispatcher.snapshot(self.cursor()))
         except OSError as error:
             self.bus.notice(

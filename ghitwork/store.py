@@ -12,9 +12,11 @@ was routed to) before any run can take it, so the cursor, derived from the journ
 moves past an event that is not saved. Records are buffered and written in groups: once per
 burst read from tail-events, and at every batch start and end; the fsync follows within
 journal.SYNC_DELAY. The snapshot (saved.py) is rewritten (temp file, fsync, rename) at start,
-at a clean stop, and when the journal has grown past four times its size (16 MiB at least;
-PUT_OFF times that while a catch-up is being read, when most events are still queued and a
-snapshot would be at its largest); then a new journal generation begins.
+at a clean stop, and when the journal has grown past four times its size (16 MiB at least),
+then a new journal generation begins. It waits while a catch-up is being read, and while the
+events still queued would make the new snapshot more than a quarter of the journal (right
+after a catch-up, when it would be at its largest): the runs that take them shrink it. It
+never waits past PUT_OFF times the usual size.
 
 Loading tolerates a torn last line (a crash mid-write). Anything else unreadable is reported,
 renamed aside (`*.corrupt-TIMESTAMP`), and never fatal.
@@ -34,7 +36,7 @@ from ghitwork.saved import Saved, dumps, encode_snapshot, from_snapshot, loads
 from ghitwork.state import Route
 
 MIN_COMPACT_BYTES = 16 * 1024 * 1024
-PUT_OFF = 8  # how much further a journal may grow while a catch-up is read
+PUT_OFF = 8  # how much further a journal may grow while a compaction waits
 
 
 class StateDirError(Exception):
@@ -114,6 +116,8 @@ class Store:
         self.generation = 0
         self.snapshot_bytes = 0
         self.journal_bytes = 0
+        self.event_bytes = 0  # what the events journaled so far took, for their mean size
+        self.events = 0
         self._journal: IO[bytes] | None = None
         self._lock: IO[str] | None = None
         self._buffer: list[bytes] = []
@@ -212,6 +216,7 @@ class Store:
         prefixes = self._agents_json
         extend = self._buffer.extend
         last = None
+        size = count = 0
         for event, agents in routes:
             if agents:
                 prefix = prefixes.get(agents)
@@ -222,6 +227,10 @@ class Store:
                     raw = raw.replace(b"\n", b" ")
                 extend((prefix, raw, b"}\n"))
                 last = event.id
+                size += len(raw)
+                count += 1
+        self.event_bytes += size
+        self.events += count
         return last
 
     @property
@@ -263,12 +272,19 @@ class Store:
 
         return fsync
 
-    def wants_compaction(self, busy: bool = False) -> bool:
-        """Time for a new snapshot: the journal has outgrown it. `busy` (a catch-up is being
-        read, its events mostly still queued, so a snapshot would be at its largest): not
-        until the journal is PUT_OFF times past that."""
+    def wants_compaction(self, busy: bool = False, queued: int = 0) -> bool:
+        """Time for a new snapshot: the journal has outgrown the last one. Not yet while
+        `busy` (a catch-up is being read), nor while the `queued` events (waiting or in a
+        run, counted once per agent, as a snapshot holds them) would make the snapshot more
+        than a quarter of the journal; either waits until the journal is PUT_OFF times past
+        due."""
         due = max(MIN_COMPACT_BYTES, 4 * self.snapshot_bytes)
-        return self.journal_bytes > (due * PUT_OFF if busy else due)
+        if self.journal_bytes <= due:
+            return False
+        if self.journal_bytes > due * PUT_OFF:
+            return True
+        mean = self.event_bytes / self.events if self.events else 0.0
+        return not busy and 4 * queued * mean <= self.journal_bytes
 
     def compact(self, saved: Saved) -> None:
         """Write `saved` as the snapshot of a new generation, and start its empty journal."""

@@ -92,6 +92,26 @@ def test_compaction_waits_while_a_catch_up_is_read_but_not_forever(tmp_path: Pat
     store.close()
 
 
+def test_compaction_waits_while_the_queued_events_would_make_a_large_snapshot(
+    tmp_path: Path,
+) -> None:
+    """Right after a catch-up most of the journal is still queued: a snapshot then would be
+    at its largest. It waits for the runs to take the events, up to PUT_OFF times due."""
+    store, saved, _ = opened(tmp_path)
+    store.compact(saved)
+    raw = b'{"id": 1, "kind": "k", "pad": "' + b"x" * 67 + b'"}'  # 100 bytes
+    store.record_events([(Event(1, "k", None, (), None, raw), ("a",))])
+    assert store.event_bytes == 100 and store.events == 1
+    store.journal_bytes = MIN_COMPACT_BYTES + 1
+    quarter = store.journal_bytes // 400  # events whose snapshot is a quarter of the journal
+    assert store.wants_compaction(queued=quarter)
+    assert not store.wants_compaction(queued=quarter + 1)
+    assert not store.wants_compaction(busy=True, queued=0)
+    store.journal_bytes = MIN_COMPACT_BYTES * PUT_OFF + 1
+    assert store.wants_compaction(queued=10**9)
+    store.close()
+
+
 def test_a_torn_last_record_is_ignored(tmp_path: Path) -> None:
     store, saved, _ = opened(tmp_path)
     store.compact(saved)
