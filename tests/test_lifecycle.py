@@ -380,3 +380,34 @@ def test_a_sigterm_in_the_first_instant_stops_it_cleanly(setup: Setup) -> None:
         assert process.returncode == 0, f"attempt {attempt}: {process.returncode}: {err}"
         assert "stop: SIGTERM received: stopping" in err
         assert "Traceback" not in err
+
+
+EXIT_NOW = """
+import atexit, sys, threading
+from ghitwork.entry import exit_now
+atexit.register(lambda: print("atexit ran"))
+print("buffered output,", end=" ")
+if sys.argv[1] == "thread":
+    done = threading.Event()
+    threading.Thread(target=done.wait).start()
+    exit_now(3)
+    print("returned:", end=" ")
+    done.set()
+else:
+    exit_now(3)
+    print("never printed")
+"""
+
+
+@pytest.mark.parametrize("case", ["alone", "thread"])
+def test_a_command_ends_without_teardown_only_once_everything_is_written(case: str) -> None:
+    """`exit_now` skips the interpreter's teardown, after the atexit handlers and with
+    buffered output flushed; with another thread still running it returns instead."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    result = subprocess.run(
+        [sys.executable, "-c", EXIT_NOW, case], env=env, capture_output=True, text=True
+    )
+    if case == "alone":
+        assert (result.returncode, result.stdout) == (3, "buffered output, atexit ran\n")
+    else:
+        assert (result.returncode, result.stdout) == (0, "buffered output, returned: atexit ran\n")
