@@ -110,12 +110,27 @@ class Journal:
             )
 
     def _sync(self) -> None:
+        """The deferred fsync, on a worker thread: an fsync waits on the disk for
+        milliseconds, with the GIL let go, while the loop goes on dispatching."""
         self._sync_timer = None
         try:
-            self.store.sync()
+            fsync = self.store.sync_later()
         except OSError as error:
-            self.bus.notice(
-                Level.ERROR,
-                "state",
-                f"cannot sync {self.store.dir}: {error.strerror or error}",
-            )
+            self._sync_failed(error)
+            return
+        if fsync is not None:
+            asyncio.get_running_loop().run_in_executor(None, fsync).add_done_callback(self._synced)
+
+    def _synced(self, done: asyncio.Future[None]) -> None:
+        error = None if done.cancelled() else done.exception()
+        if isinstance(error, OSError):
+            self._sync_failed(error)
+        elif error is not None:
+            raise error
+
+    def _sync_failed(self, error: OSError) -> None:
+        self.bus.notice(
+            Level.ERROR,
+            "state",
+            f"cannot sync {self.store.dir}: {error.strerror or error}",
+        )

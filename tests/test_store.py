@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from ghitwork.config import Config
+from ghitwork.dispatch import Dispatcher
 from ghitwork.events import Event
+from ghitwork.journal import Journal
 from ghitwork.saved import Saved, SavedAgent
+from ghitwork.state import Notice, StateBus
 from ghitwork.store import MIN_COMPACT_BYTES, PUT_OFF, StateDirError, Store
 
 
@@ -201,3 +210,46 @@ def test_usage_totals_survive_a_torn_write_exactly(tmp_path: Path) -> None:
             5 * expected,
         ), cut
         assert total.cost_usd == pytest.approx(0.01 * expected), cut
+
+
+def test_the_deferred_fsync_runs_off_the_loop_on_its_own_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal's deferred fsync runs on a worker thread, syncs even when a compaction
+    closed the journal meanwhile, and a failed one is reported, not raised."""
+    store, saved, _ = opened(tmp_path)
+    store.compact(saved)
+    bus = StateBus()
+    notices: list[Notice] = []
+    bus.changes.subscribe(lambda c: notices.append(c) if isinstance(c, Notice) else None)
+    config = Config(path=tmp_path / "c.toml", agents=())
+    journal = Journal(store, Dispatcher(config, bus.publish, {}), bus, lambda: None)
+    synced: list[int] = []  # the inode each fsync off the main thread synced
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if threading.current_thread() is threading.main_thread():
+            real_fsync(fd)  # the compaction's own
+            return
+        synced.append(os.fstat(fd).st_ino)
+        if len(synced) > 1:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))  # in order: see below
+        for _ in range(2):
+            store.record({"c": 1})
+            store.flush(sync=False)
+            journaled = os.stat(tmp_path / f"journal-{store.generation}.jsonl").st_ino
+            journal._sync()
+            store.compact(saved)  # closes the journal the fsync is on its way to
+            await loop.run_in_executor(None, lambda: None)  # after the fsync and its report
+            assert synced[-1] == journaled
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    asyncio.run(scenario())
+    assert len(synced) == 2
+    assert [n.message for n in notices] == [f"cannot sync {tmp_path}: Input/output error"]
+    store.close()
