@@ -24,6 +24,7 @@ Burst = Sequence[Event]  # the events of one read from the stream, in id order
 Pair = tuple[str, tuple[Event, ...]]  # an agent and its events of one burst
 CACHED = 50_000  # entries per Matcher cache; past it the cache starts again
 HOLD = 0.25  # seconds runs wait, at most, while a catch-up is read (Slots.backlog)
+SETTLE = 0.01  # seconds a held catch-up's empty pipe must stay empty before runs start
 
 
 class Matcher:
@@ -168,31 +169,51 @@ class Slots:
 
     Catch-up: while tail-events has more output already waiting (`backlog(True)` after a
     read), no run starts, for at most `hold` seconds at a time: an agent's next batch then
-    takes what the following reads bring, instead of one run per read. Runs start the moment
-    a read leaves nothing waiting, so a live event never waits here.
+    takes what the following reads bring, instead of one run per read. Runs start once the
+    stream is caught up: a read leaves nothing waiting, and nothing more comes within
+    `settle` seconds. The settle is for a writer slower than ghit-work (tail-events sharing a
+    busy core with the agents): it empties the pipe for a moment between writes, and each such
+    moment taken as the end started a round of runs that slowed the writer further (40 runs
+    became 60-80 on the bench's catch-up, each round ~50 ms). A live event never waits: with
+    no hold on, a read that leaves nothing waiting starts its runs at once.
     """
 
-    def __init__(self, limit: int, schedule: Schedule | None = None, hold: float = HOLD) -> None:
+    def __init__(
+        self,
+        limit: int,
+        schedule: Schedule | None = None,
+        hold: float = HOLD,
+        settle: float = SETTLE,
+    ) -> None:
         self.limit = limit
         self.active = 0
         self.held = False
         self.hold = hold
+        self.settle = settle
         self._schedule = schedule or call_later
         self._unhold: Callable[[], None] | None = None  # cancels the end of the hold
+        self._settled: Callable[[], None] | None = None  # cancels the end of the settle
         self._waiting: deque[Callable[[], None]] = deque()
 
     def backlog(self, more: bool) -> None:
         """After each read from tail-events: is more output already waiting?"""
-        if not more:
-            if self._unhold is not None:
-                self._unhold()
+        if self._settled is not None:
+            self._settled()
+            self._settled = None
+        if more:
+            if not self.held and self.hold > 0:
+                self.held = True
+                self._unhold = self._schedule(self.hold, self._held_until_now)
+        elif self.held and self.settle > 0:
+            self._settled = self._schedule(self.settle, self._held_until_now)
+        else:
             self._held_until_now()
-        elif not self.held and self.hold > 0:
-            self.held = True
-            self._unhold = self._schedule(self.hold, self._held_until_now)
 
     def _held_until_now(self) -> None:
-        self._unhold = None
+        for cancel in (self._unhold, self._settled):
+            if cancel is not None:
+                cancel()
+        self._unhold = self._settled = None
         if self.held:
             self.held = False
             self._start_waiting()

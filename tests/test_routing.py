@@ -184,13 +184,23 @@ def _virtual(scheduler: TestScheduler) -> Callable[[float, Callable[[], None]], 
 def test_runs_wait_while_the_stream_has_a_backlog_and_start_once_it_is_read() -> None:
     scheduler = TestScheduler()
     agents = FakeAgents([agent_config("a")], scheduler, duration=lambda a, n: 5.0)
-    slots = Slots(0, schedule=_virtual(scheduler), hold=100.0)
-    # A catch-up: three reads with more waiting behind each, then the stream is caught up.
-    for at in (9, 19, 29):
-        scheduler.schedule_absolute(at, lambda *_: slots.backlog(True))
-    scheduler.schedule_absolute(31, lambda *_: slots.backlog(False))
-    run_flow([(10, ev(1)), (20, ev(2)), (30, ev(3)), (50, ev(4))], agents, slots=slots)
-    assert [(r.start, r.ids) for r in agents.runs] == [(31, (1, 2, 3)), (50, (4,))]
+    slots = Slots(0, schedule=_virtual(scheduler), hold=100.0, settle=2.0)
+    # A catch-up: three reads with more waiting behind each; then a read that empties the
+    # pipe, but more comes within the settle (a writer slower than us); then caught up.
+    for at, more in ((9, True), (19, True), (29, True), (31, False), (32, True), (34, False)):
+        scheduler.schedule_absolute(at, lambda *_, more=more: slots.backlog(more))
+    run_flow([(10, ev(1)), (20, ev(2)), (30, ev(3)), (33, ev(4)), (50, ev(5))], agents, slots=slots)
+    assert [(r.start, r.ids) for r in agents.runs] == [(36, (1, 2, 3, 4)), (50, (5,))]
+
+
+def test_with_no_hold_on_a_read_that_leaves_nothing_waiting_starts_runs_at_once() -> None:
+    """The settle is for a held catch-up only: a live event never waits for it."""
+    scheduler = TestScheduler()
+    agents = FakeAgents([agent_config("a")], scheduler, duration=lambda a, n: 5.0)
+    slots = Slots(0, schedule=_virtual(scheduler), hold=100.0, settle=50.0)
+    scheduler.schedule_absolute(10, lambda *_: slots.backlog(False))
+    run_flow([(10, ev(1))], agents, slots=slots)
+    assert [(r.start, r.ids) for r in agents.runs] == [(10, (1,))]
 
 
 def test_a_long_backlog_holds_runs_for_at_most_the_hold_at_a_time() -> None:
@@ -209,7 +219,7 @@ def test_with_a_limit_a_held_run_still_waits_its_turn() -> None:
     scheduler = TestScheduler()
     configs = [agent_config(f"a{i}", scopes=[f"repo:teams/ghit/{i}"]) for i in range(2)]
     agents = FakeAgents(configs, scheduler, duration=lambda a, n: 10.0)
-    slots = Slots(1, schedule=_virtual(scheduler), hold=100.0)
+    slots = Slots(1, schedule=_virtual(scheduler), hold=100.0, settle=0.0)
     scheduler.schedule_absolute(9, lambda *_: slots.backlog(True))
     scheduler.schedule_absolute(15, lambda *_: slots.backlog(False))
     run_flow(

@@ -63,6 +63,7 @@ class HoldAware(FakeAgents):
     st.integers(0, 4),
     st.lists(st.tuples(st.integers(0, 1500), st.booleans()), max_size=12),
     st.integers(1, 200),
+    st.integers(0, 30),
 )
 def test_runs_never_overlap_respect_the_limit_and_deliver_every_match_once_in_order(
     specs: list[tuple[list[str], list[str]]],
@@ -71,8 +72,10 @@ def test_runs_never_overlap_respect_the_limit_and_deliver_every_match_once_in_or
     limit: int,
     backlog: list[tuple[int, bool]],
     hold: int,
+    settle: int,
 ) -> None:
-    """...whatever the stream's backlog does meanwhile (catch-up holds, Slots.backlog)."""
+    """...whatever the stream's backlog does meanwhile (catch-up holds and their settles,
+    Slots.backlog)."""
     configs = [agent_config(f"a{i}", scopes=s, kinds=k) for i, (s, k) in enumerate(specs)]
     scheduler = TestScheduler()
     agents = HoldAware(
@@ -82,7 +85,7 @@ def test_runs_never_overlap_respect_the_limit_and_deliver_every_match_once_in_or
     def schedule(delay: float, action: Callable[[], None]) -> Callable[[], None]:
         return scheduler.schedule_relative(delay, lambda *_: action()).dispose
 
-    slots = agents.slots = Slots(limit, schedule=schedule, hold=float(hold))
+    slots = agents.slots = Slots(limit, schedule=schedule, hold=float(hold), settle=float(settle))
     for at, more in backlog:
         scheduler.schedule_absolute(at, lambda *_, more=more: slots.backlog(more))
     events, time = [], 1
