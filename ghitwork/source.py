@@ -269,6 +269,7 @@ class _Lines(asyncio.Protocol):
         self.pieces: list[bytes] = []  # the current, unfinished line
         self.size = 0
         self.skipping = False  # inside an over-long line: drop bytes until its newline
+        self.first = True  # no event read yet from this run of tail-events
 
     def data_received(self, data: bytes) -> None:
         burst: list[Event] = []
@@ -293,8 +294,12 @@ class _Lines(asyncio.Protocol):
         self.pieces, self.size = ([rest], len(rest)) if rest else ([], 0)
         self.source._accept(self.decoder.decode(lines), burst)
         more = _waiting(self.fd) > 0
-        if more:  # told first: the runs these events would start wait for the next reads
+        # Told first: the runs these events would start wait for the next reads. A stream's
+        # first events are held too (for routing.SETTLE when nothing follows): tail-events
+        # may have only begun to print a catch-up.
+        if more or (burst and self.first):
             self.source.backlog(True)
+        self.first = self.first and not burst
         if burst:
             self.source.emit(burst)
         if not more:

@@ -59,3 +59,32 @@ def test_each_read_is_a_burst_and_says_whether_more_is_waiting_in_the_pipe() -> 
     assert [i for burst in bursts for i in burst] == list(range(1, 202))
     assert len(bursts[0]) < 200, "the first read was half the data"
     assert source.cursor == 201 and source.events_seen == 201
+
+
+def test_a_streams_first_events_are_held_even_with_nothing_waiting_behind_them() -> None:
+    """tail-events may have only begun to print a catch-up: its first read holds run starts
+    (backlog True, then False: Slots lets them go after its settle); later reads that leave
+    nothing waiting do not."""
+    said: list[object] = []
+    source = TailSource(
+        argv=lambda cursor: [],
+        cwd=Path("."),
+        env={},
+        bus=StateBus(),
+        emit=lambda burst: said.append([event.id for event in burst]),
+        drain=True,
+        window=lambda: 1.0,
+        backlog=said.append,
+    )
+    read_end, write_end = os.pipe()
+    try:
+        loop = asyncio.new_event_loop()
+        lines = _Lines(source, read_end, loop.create_future())
+        for first in (1, 3):
+            os.write(write_end, line(first) + b"\n" + line(first + 1) + b"\n")
+            lines.data_received(os.read(read_end, 65536))
+        loop.close()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert said == [True, [1, 2], False, [3, 4], False]
