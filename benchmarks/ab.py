@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import ENV, GHIT_WORK, RECORD_CMD, REPLAY, Workdir, runs_of, verify
-from data import expected, make_agents, make_events, write_config, write_events
+from bench import ENV, GHIT_WORK, replaying, runs_of, verify
+from data import expected, make_agents, make_events, write_events
 
 HERE = Path(__file__).resolve().parent
 # Runs a program as `python -c`, then prints its own and its children's CPU time at exit.
@@ -80,14 +80,7 @@ def main() -> int:
         write_events(events_file, events)
         agents = make_agents(20)
         want = expected(events, agents)
-        work = Workdir(root, "catchup")
-        write_config(
-            work.path / "ghit-work.toml",
-            agents,
-            [REPLAY, str(events_file)],
-            RECORD_CMD,
-            work.records,
-        )
+        work = replaying(root, "catchup", agents, events_file)
         agents_file = root / "agents.json"
         agents_file.write_text(json.dumps(agents))
         drain = [GHIT_WORK, "--drain", "--log-level", "warning"]

@@ -93,6 +93,15 @@ class Workdir:
         self.records.mkdir()
 
 
+def replaying(root: Path, name: str, agents: list[dict[str, Any]], events_file: Path) -> Workdir:
+    """A workdir whose config replays `events_file` to `agents`, each recording its runs."""
+    work = Workdir(root, name)
+    write_config(
+        work.path / "ghit-work.toml", agents, [REPLAY, str(events_file)], RECORD_CMD, work.records
+    )
+    return work
+
+
 def run_drain(work: Workdir, sample_rss: bool = False) -> tuple[float, float]:
     """ghit-work --drain in `work`: (seconds, peak RSS MB)."""
     work.reset()
@@ -158,10 +167,7 @@ def catch_up(root: Path, events: list[dict[str, Any]], events_file: Path, repeat
     print("1. catch-up throughput", flush=True)
     agents = make_agents(20)
     want = expected(events, agents)
-    work = Workdir(root, "catchup")
-    write_config(
-        work.path / "ghit-work.toml", agents, [REPLAY, str(events_file)], RECORD_CMD, work.records
-    )
+    work = replaying(root, "catchup", agents, events_file)
     agents_file = work.path / "agents.json"
     agents_file.write_text(json.dumps(agents))
     loop = [
@@ -527,14 +533,7 @@ def curve(root: Path, events: list[dict[str, Any]]) -> None:
         write_events(events_file, events[:size])
         for count in (20, 100, 500):
             agents = make_agents(count)
-            work = Workdir(root, f"curve-{size}-{count}")
-            write_config(
-                work.path / "ghit-work.toml",
-                agents,
-                [REPLAY, str(events_file)],
-                RECORD_CMD,
-                work.records,
-            )
+            work = replaying(root, f"curve-{size}-{count}", agents, events_file)
             elapsed, rss = run_drain(work, sample_rss=True)
             want = expected(events[:size], agents)
             verify(work, want)
