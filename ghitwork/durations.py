@@ -90,13 +90,18 @@ def parse_budget(value: object) -> Budget:
         raise DurationError(
             f'"{value}" is no guard: at most {MAX_BUDGET_RUNS} runs per window (shorten the window)'
         )
+    return Budget(runs, _window(window, shown, '"20/1h": 20 runs per hour', "1h"))
+
+
+def _window(text: str, shown: str, example: str, unit: str) -> float:
+    """The DURATION of a budget "AMOUNT/DURATION" (`shown`, quoted), longer than zero."""
     try:
-        seconds = parse_duration(window.strip())
+        seconds = parse_duration(text.strip())
     except DurationError:
-        raise DurationError(f'"{value}" is not a budget (try "20/1h": 20 runs per hour)') from None
+        raise DurationError(f"{shown} is not a budget (try {example})") from None
     if seconds <= 0:
-        raise DurationError(f'"{value}" has an empty window; use a duration such as "1h"')
-    return Budget(runs, seconds)
+        raise DurationError(f'{shown} has an empty window; use a duration such as "{unit}"')
+    return seconds
 
 
 MAX_SPEND_WINDOW = 31 * 86400.0  # spend is remembered this long (usage.SPEND_HORIZON)
@@ -133,12 +138,7 @@ def parse_spend(value: object, tokens: bool) -> SpendBudget:
         raise DurationError(f"{shown} is not a budget (try {example})") from None
     if not amount > 0 or amount != amount or amount == float("inf"):
         raise DurationError(f"{shown} allows nothing; the amount must be more than 0")
-    try:
-        seconds = parse_duration(window_text.strip())
-    except DurationError:
-        raise DurationError(f"{shown} is not a budget (try {example})") from None
-    if seconds <= 0:
-        raise DurationError(f'{shown} has an empty window; use a duration such as "1d"')
+    seconds = _window(window_text, shown, example, "1d")
     if seconds > MAX_SPEND_WINDOW:
         raise DurationError(f"{shown}: the window is at most 31d (spend is kept that long)")
     return SpendBudget(float(amount), seconds, tokens)

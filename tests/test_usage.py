@@ -23,6 +23,15 @@ def tally(*lines: str) -> Tally:
     return found
 
 
+def session_run(ledger: Ledger, agent: str, line: str, at: float) -> Usage:
+    """A run printing its session "S1"'s running totals as `line`: charged against what the
+    ledger holds for the session, and applied to it. The run's own usage."""
+    made = charge(agent, tally(line), "session", None, "S1", ledger.session_total(agent, "S1"), at)
+    assert made is not None
+    ledger.apply(made)
+    return made.usage
+
+
 def test_numbers_with_separators_parse_and_others_do_not() -> None:
     assert parse_number("1,234") == 1234 and parse_number("1_000_000") == 1_000_000
     assert parse_number("0.009545000000000001") == 0.009545000000000001
@@ -54,20 +63,10 @@ def test_a_price_gives_the_cost_when_the_cli_reports_none() -> None:
 
 def test_codex_style_session_totals_are_not_counted_twice() -> None:
     ledger = Ledger()
-    per_run = []
-    for total in (1234, 2468, 3702):
-        made = charge(
-            "codex",
-            tally(f"in={total} cached=0 out=0"),
-            "session",
-            None,
-            "S1",
-            ledger.session_total("codex", "S1"),
-            100.0,
-        )
-        assert made is not None
-        ledger.apply(made)
-        per_run.append(made.usage.input_tokens)
+    per_run = [
+        session_run(ledger, "codex", f"in={total} cached=0 out=0", 100.0).input_tokens
+        for total in (1234, 2468, 3702)
+    ]
     assert per_run == [1234, 1234, 1234]
     assert ledger.agent("codex").total.input_tokens == 3702
     other = charge("codex", tally("in=50 cached=0 out=0"), "session", None, "S2", None, 100.0)
@@ -81,18 +80,7 @@ def test_session_deltas_are_never_negative_and_add_up_to_the_final_total(
     ledger, total, seen = Ledger(), 0, []
     for step in increments:
         total += step
-        made = charge(
-            "a",
-            tally(f"in={total} cached=0 out={total}"),
-            "session",
-            None,
-            "S",
-            ledger.session_total("a", "S"),
-            1.0,
-        )
-        assert made is not None
-        ledger.apply(made)
-        seen.append(made.usage)
+        seen.append(session_run(ledger, "a", f"in={total} cached=0 out={total}", 1.0))
     assert all(u.input_tokens >= 0 and u.output_tokens >= 0 for u in seen)
     assert sum(u.input_tokens for u in seen) == total
 
