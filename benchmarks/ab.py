@@ -24,10 +24,24 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import ENV, GHIT_WORK, replaying, runs_of, verify
+from bench import ENV, replaying, runs_of, verify
 from data import expected, make_agents, make_events, write_events
 
 HERE = Path(__file__).resolve().parent
+LAUNCHER = """#!{python}
+import importlib, sys
+for module in {modules!r}:
+    try:
+        main = importlib.import_module(module).main
+        break
+    except ImportError:
+        continue
+sys.exit(main())
+"""
+LAUNCHERS = {
+    "ghit-work": ("ghitwork.app.entry", "ghitwork.entry"),
+    "ghit-work-replay": ("ghitwork.source.replay", "ghitwork.replay"),
+}
 # Runs a program as `python -c`, then prints its own and its children's CPU time at exit.
 TIMED = """import atexit, os, runpy, sys
 def report():
@@ -80,10 +94,19 @@ def main() -> int:
         write_events(events_file, events)
         agents = make_agents(20)
         want = expected(events, agents)
-        work = replaying(root, "catchup", agents, events_file)
+        # Both sides start ghit-work and its replay stand-in through launchers that import
+        # whichever layout PYTHONPATH gives (the package moved into subpackages: the
+        # installed console scripts name the new module paths only).
+        launchers = root / "bin"
+        launchers.mkdir()
+        for name, modules in LAUNCHERS.items():
+            script = launchers / name
+            script.write_text(LAUNCHER.format(python=sys.executable, modules=modules))
+            script.chmod(0o755)
+        work = replaying(root, "catchup", agents, events_file, str(launchers / "ghit-work-replay"))
         agents_file = root / "agents.json"
         agents_file.write_text(json.dumps(agents))
-        drain = [GHIT_WORK, "--drain", "--log-level", "warning"]
+        drain = [str(launchers / "ghit-work"), "--drain", "--log-level", "warning"]
         loop = [str(HERE / "baseline_loop.py"), str(agents_file), str(events_file)]
         sides = {
             args.rev: {**ENV, "PYTHONPATH": str(other)},

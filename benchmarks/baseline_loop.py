@@ -3,7 +3,9 @@ printing `id agent` pairs. Usage: baseline_loop.py AGENTS.json EVENTS.jsonl"""
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import sys
 
 
@@ -34,6 +36,12 @@ def main() -> None:
             for name, username, scopes, kinds in agents:
                 if kind in kinds and actor != username and covers & scopes:
                     out.write(f"{event['id']} {name}\n")
+    # Ended as ghit-work ends (app/entry.py's exit_now): atexit handlers run (ab.py's CPU
+    # report is one), output flushed, no interpreter teardown: neither side is timed with it.
+    atexit._run_exitfuncs()
+    out.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -153,4 +153,6 @@ def write_config(
             f"event_kinds = {json.dumps(agent['kinds'])}",
             f"env = {{ RECORD = {json.dumps(str(record_dir / agent['name']))} }}",
         ]
+        # Other agent keys as written (`conversations`, `concurrency`: SPEC section 12)
+        lines += [f"{key} = {json.dumps(value)}" for key, value in agent.get("options", {}).items()]
     path.write_text("\n".join(lines) + "\n")

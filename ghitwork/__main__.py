@@ -1,3 +1,3 @@
-from ghitwork.entry import main
+from ghitwork.app.entry import main
 
 raise SystemExit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -15,8 +16,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from ghitwork.children import left_behind
-from ghitwork.store import running_pid
+from ghitwork.persist.store import running_pid
+from ghitwork.system.children import left_behind
 
 BIN = Path(sys.executable).parent
 GHIT_WORK = str(BIN / "ghit-work")
@@ -25,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
-def poll(check: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
-    """Return check()'s first truthy value; fail after `timeout` seconds."""
+def poll(check: Callable[[], T | None], timeout: float = 15.0, what: str = "condition") -> T:
+    """Return check()'s first truthy value (never None); fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -197,7 +198,14 @@ def end_leftovers(state_dir: Path) -> None:
 class Running:
     """A `ghit-work` process in the background, its stderr in a file to poll."""
 
-    def __init__(self, cwd: Path, *args: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        cwd: Path,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        preexec: Callable[[], object] | None = None,
+    ) -> None:
+        """`preexec`: run in the child before ghit-work starts (e.g. a resource limit)."""
         self.log = cwd / f"ghit-work-{time.monotonic_ns()}.log"
         with self.log.open("w") as stderr:
             self.process = subprocess.Popen(
@@ -207,6 +215,7 @@ class Running:
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 env=dict(env or os.environ),
+                preexec_fn=preexec,
             )
 
     def __enter__(self) -> Running:
@@ -238,3 +247,37 @@ class Running:
 
     def wait(self, timeout: float = 30.0) -> int:
         return self.process.wait(timeout=timeout)
+
+
+# -- a disk that fills (a real one: a small tmpfs; root only)
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs, unmounted afterwards (whatever ghit-work left running on it ended)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a disk that fills) needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        end_leftovers(mount / "state")
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Take every free byte of `disk`; the file returned gives them back when removed."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as handle, pytest.raises(OSError) as full:
+        while True:
+            handle.write(b"\0" * 65536)
+    assert full.value.errno == errno.ENOSPC
+    return filler

@@ -1,4 +1,5 @@
-"""Fakes that run the real pipeline (pipeline.dispatch, dispatch.Agent, routing) in virtual time."""
+"""Fakes that run the real pipeline (pipeline.dispatch, flow.agent, flow.conversation,
+routing) in virtual time."""
 
 from __future__ import annotations
 
@@ -12,15 +13,19 @@ from reactivex import operators as ops
 from reactivex.testing import TestScheduler
 from reactivex.testing.reactivetest import ReactiveTest
 
-from ghitwork import pipeline, prompt
-from ghitwork.agent import Agent
-from ghitwork.config import AgentConfig
-from ghitwork.deadletters import DeadLetter
-from ghitwork.durations import parse_budget
-from ghitwork.events import Event
-from ghitwork.results import RunResult
-from ghitwork.routing import Matcher, Slots
-from ghitwork.state import Change, Route
+from ghitwork.bus.changes import Change, Route
+from ghitwork.config import prompt
+from ghitwork.config.model import AgentConfig
+from ghitwork.flow import pipeline
+from ghitwork.flow.agent import Agent
+from ghitwork.flow.conversation import Conversation
+from ghitwork.flow.letters import DeadLetters
+from ghitwork.flow.routing import Matcher, Slots
+from ghitwork.model.deadletter import DeadLetter
+from ghitwork.model.durations import parse_budget
+from ghitwork.model.events import Event
+from ghitwork.model.results import RunResult
+from ghitwork.run.spec import RunSpec
 
 
 def agent_config(
@@ -32,6 +37,8 @@ def agent_config(
     budget: str | None = None,
     run_attempts: int = 3,
     run_backoff: float = 30.0,
+    conversations: str = "agent",
+    concurrency: int = 1,
 ) -> AgentConfig:
     return AgentConfig(
         name=name,
@@ -45,6 +52,8 @@ def agent_config(
         budget=parse_budget(budget) if budget else None,
         run_attempts=run_attempts,
         run_backoff=run_backoff,
+        conversations=conversations,
+        concurrency=concurrency,
     )
 
 
@@ -63,6 +72,7 @@ class Run:
     start: float
     end: float
     ids: tuple[int, ...]
+    conversation: str = ""
 
 
 class FakeAgents:
@@ -77,6 +87,7 @@ class FakeAgents:
         result: Callable[[RunResult, int], RunResult] = lambda result, n: result,
     ) -> None:
         configs = list(configs)
+        self.letters = DeadLetters()
         self.scheduler = scheduler
         self.matcher = Matcher(configs)
         self.changes: list[Change] = []
@@ -87,7 +98,7 @@ class FakeAgents:
                 self.changes.append,
                 clock=lambda: scheduler.clock,
                 schedule=self._schedule,
-                bury=self._bury,
+                letters=self.letters,
             )
             for c in configs
         }
@@ -96,24 +107,14 @@ class FakeAgents:
         self.result = result
         self.runs: list[Run] = []
         self.results: list[RunResult] = []
-        self.dead_letters: list[DeadLetter] = []
-
-    def _bury(self, agent: Agent, batch: Sequence[Event], result: RunResult) -> DeadLetter:
-        letter = DeadLetter(
-            id=len(self.dead_letters) + 1,
-            agent=agent.name,
-            events=tuple(event.data for event in batch),
-            attempts=result.attempt,
-            exit_status=result.returncode,
-            error=result.describe(),
-            time=self.scheduler.clock,
-        )
-        self.dead_letters.append(letter)
-        return letter
 
     def _schedule(self, delay: float, action: Callable[[], None]) -> Callable[[], None]:
         disposable = self.scheduler.schedule_relative(delay, lambda *_: action())
         return disposable.dispose
+
+    @property
+    def dead_letters(self) -> list[DeadLetter]:
+        return list(self.letters.kept.values())
 
     def route(self, event: Event) -> tuple[str, ...]:
         return self.matcher.match(event)
@@ -121,24 +122,34 @@ class FakeAgents:
     def routed(self, routes: tuple[Route, ...]) -> None:
         pass
 
-    def mailbox(self, name: str) -> Agent:
-        return self.agents[name]
+    def split(self, name: str, events: Sequence[Event]) -> list[tuple[str, tuple[Event, ...]]]:
+        return self.agents[name].split(events)
 
-    def launch(self, agent: Agent, batch: list[Event]) -> Observable[RunResult]:
+    def mailbox(self, key: tuple[str, str]) -> Conversation:
+        return self.agents[key[0]].conversation(key[1])
+
+    def ended(self, key: tuple[str, str]) -> Observable[None]:
+        return self.mailbox(key).ended
+
+    def concurrency(self, name: str) -> int:
+        config = self.agents[name].config
+        return config.concurrency if config.threads else 0
+
+    def launch(self, config: AgentConfig, spec: RunSpec) -> Observable[RunResult]:
         start = self.scheduler.clock
-        count = sum(1 for run in self.runs if run.agent == agent.name)
-        duration = self.duration(agent.name, count)
-        run = Run(agent.name, start, start + duration, tuple(e.id for e in batch))
+        count = sum(1 for run in self.runs if run.agent == config.name)
+        duration = self.duration(config.name, count)
+        run = Run(config.name, start, start + duration, spec.event_ids, spec.conversation)
         self.runs.append(run)
         result = self.result(
             RunResult(
-                agent=agent.name,
+                agent=config.name,
                 event_ids=run.ids,
                 command=("true",),
                 started=start,
                 ended=start + duration,
-                returncode=self.exit_code(agent.name, count),
-                attempt=agent.tries.attempt,
+                returncode=self.exit_code(config.name, count),
+                attempt=spec.attempt,
             ),
             count,
         )
@@ -168,7 +179,7 @@ def run_flow(
     # Each arrival is one read from the stream (a burst of one event).
     messages = [ReactiveTest.on_next(int(t), [e]) for t, e in sorted(arrivals, key=lambda p: p[0])]
     source = scheduler.create_hot_observable(*messages)
-    flow = pipeline.dispatch(source, agents, slots or Slots(limit))
+    flow = pipeline.dispatch(source, agents, slots or Slots(limit, cap=agents.concurrency))
     flow.subscribe(agents.results.append, lambda error: agents.results.append(error))  # type: ignore[arg-type]
     scheduler.advance_to(until)
     return agents.results

@@ -9,7 +9,7 @@ from conftest import Running, Setup, event, ghit_work, poll, write_events
 from reactivex.testing import TestScheduler
 from rxfakes import FakeAgents, agent_config, ev, run_flow
 
-from ghitwork.state import AgentChanged, AgentState
+from ghitwork.bus.changes import AgentChanged, AgentState
 
 
 def starts(agents: FakeAgents, name: str = "a") -> list[float]:

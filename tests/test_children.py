@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 import subprocess
+import sys
 from pathlib import Path
 
-from ghitwork.children import Children, boot_id, end_left_behind, left_behind
+from ghitwork.system.children import (
+    MARK,
+    Children,
+    boot_id,
+    end_left_behind,
+    instance,
+    left_behind,
+)
 
 
 def sleeper() -> subprocess.Popen[bytes]:
@@ -66,3 +76,95 @@ def test_groups_that_ended_or_another_boot_are_forgotten(tmp_path: Path) -> None
     finally:
         process.kill()
         process.wait()
+
+
+def test_the_children_file_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "children"
+    path.write_text("")
+    path.chmod(0o644)  # an older instance's
+    old = os.umask(0o022)
+    try:
+        registry = Children(path)
+        registry.open()
+        registry.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_process_carrying_a_previous_instances_mark_is_found_without_a_record(
+    tmp_path: Path,
+) -> None:
+    """Killed before it recorded a run's group, an instance still named itself: what carries
+    its mark is found (and what carries another's is not)."""
+    path = tmp_path / "children"
+    path.write_text(json.dumps({"boot": boot_id(), "instance": "1.2"}) + "\n")
+    ours = marked_sleeper("1.2", "codex")
+    other = marked_sleeper("3.4", "codex")
+    try:
+        [group] = left_behind(path)
+        assert (group.pgid, group.pids) == (ours.pid, (ours.pid,))
+        said: list[str] = []
+        assert asyncio.run(end_left_behind(path, said.append)) == 1
+        assert ours.wait(timeout=10) == -15 and other.poll() is None
+        assert said == [
+            "ending what a previous ghit-work left running: agent codex "
+            f"(pid {ours.pid} in process group {ours.pid}, not a recorded group)"
+        ]
+    finally:
+        for process in (ours, other):
+            process.kill()
+            process.wait()
+
+
+def test_end_all_kills_what_ignores_sigterm_and_names_what_left_its_group(tmp_path: Path) -> None:
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN], start_new_session=True, stdout=subprocess.PIPE
+    )
+    escaped = marked_sleeper(instance(), "a")
+    try:
+        assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
+        registry = Children(tmp_path / "children")
+        registry.open()
+        registry.add(stubborn.pid, "agent a")
+        said: list[str] = []
+        assert asyncio.run(registry.end_all(said.append, grace=0.2)) == 2
+        assert stubborn.wait(timeout=5) == -9 and escaped.wait(timeout=5) == -15
+        assert said[0].startswith(
+            "ending what this ghit-work started that is still running: "
+            f"agent a (process group {stubborn.pid}), "
+            f"agent a (pid {escaped.pid} in process group {escaped.pid}, not a recorded group); "
+            "a cgroup ends these"
+        )
+        assert said[1] == "killed (SIGKILL) 1 group(s) that ignored SIGTERM"
+        assert registry.live == {}
+        registry.close()
+        assert left_behind(tmp_path / "children") == []
+    finally:
+        for process in (stubborn, escaped):
+            process.kill()
+            process.wait()
+        if stubborn.stdout is not None:
+            stubborn.stdout.close()
+
+
+STUBBORN = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(60)"
+)
+
+
+def marked_sleeper(mark: str, agent: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, MARK: mark, "GHIT_WORK_AGENT": agent}
+    return subprocess.Popen(["sleep", "60"], start_new_session=True, env=env)
+
+
+def test_a_ghit_work_started_by_an_agent_never_ends_itself(tmp_path: Path) -> None:
+    """It carries the mark of the instance whose agent started it: it spares itself, its
+    parent and its own group."""
+    code = "from ghitwork.system.children import strays; print([s.pid for s in strays('9.9')])"
+    env = {**os.environ, MARK: "9.9"}
+    found = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "[]"

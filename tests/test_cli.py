@@ -50,7 +50,8 @@ def test_init_writes_a_config_that_passes_check(tmp_path: Path) -> None:
         "agent_prompt",
     ):
         assert f"{key} =" in config or f"# {key} =" in config or f".{key}]" in config, key
-    checked = ghit_work("check", cwd=tmp_path, env=with_commands(tmp_path, "codex", "claude"))
+    env = with_commands(tmp_path, "codex", "claude", "ghit-cli")
+    checked = ghit_work("check", cwd=tmp_path, env=env)
     assert checked.returncode == 0, checked.stderr
     out = checked.stdout
     assert "codex (enabled" in out and "claude (enabled" in out and "agent (enabled" in out
@@ -71,8 +72,8 @@ def test_init_without_the_clis_installed_fails_check_naming_the_command(tmp_path
 def test_init_presets_choose_the_agents(tmp_path: Path) -> None:
     result = ghit_work("init", "--preset", "generic", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    checked = ghit_work("check", cwd=tmp_path)
-    assert checked.returncode == 0, "the generic preset runs anywhere as written"
+    checked = ghit_work("check", cwd=tmp_path, env=with_commands(tmp_path, "ghit-cli"))
+    assert checked.returncode == 0, "the generic preset runs wherever ghit-cli is installed"
     assert "agents: 1 (1 enabled)" in checked.stdout and "cmd:      cat" in checked.stdout
     both = tmp_path / "both"
     result = ghit_work(
@@ -98,7 +99,7 @@ def test_init_honours_the_config_path_and_creates_its_directory(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "etc" / "work.toml").exists()
     assert (tmp_path / "etc" / "prompt.md.j2").exists()
-    env = with_commands(tmp_path, "codex", "claude")
+    env = with_commands(tmp_path, "codex", "claude", "ghit-cli")
     assert ghit_work("-c", "etc/work.toml", "check", cwd=tmp_path, env=env).returncode == 0
 
 
@@ -169,7 +170,7 @@ event_kinds = ["k2"]
 enabled = false
 """
     )
-    env = with_commands(tmp_path, "a")
+    env = with_commands(tmp_path, "a", "ghit-cli")
     result = ghit_work("check", "--limit", "7", "--retry", "90s", cwd=tmp_path, env=env)
     assert result.returncode == 0
     assert "b (disabled, user b)" in result.stdout

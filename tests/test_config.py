@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import ghit_work
 
-from ghitwork.config import ConfigError, load_config
-from ghitwork.durations import Budget
+from ghitwork.config.load import load_config
+from ghitwork.config.model import ConfigError
+from ghitwork.model.durations import Budget
 
 MINIMAL = """
 [agents.codex]

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import tempfile
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +48,56 @@ def conf(tmp_path: Path) -> Path:
     """A config dir the image's user (10001) may write to, mounted at /etc/ghit-work."""
     tmp_path.chmod(0o777)
     return tmp_path
+
+
+DOC = ROOT / "docs" / "container.md"
+OTHER_UID = 1000  # a host user that is neither root nor the image's 10001
+
+
+def doc_command(heading: str) -> str:
+    """The first sh block under `## heading` in docs/container.md: the tests run what the doc
+    says, so that the doc cannot drift from what works."""
+    text = DOC.read_text()
+    assert f"\n## {heading}\n" in text, f"docs/container.md has no section {heading!r}"
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0].replace("\\\n", " ").strip()
+
+
+def with_image(command: str) -> str:
+    """`command` with the image the doc builds (`ghit-work`) replaced by the one under test."""
+    replaced, count = re.subn(r"(?<= )ghit-work(?= )", IMAGE, command)
+    assert count == 1, f"one image name in {command!r}"
+    return replaced
+
+
+@pytest.fixture
+def checkout() -> Iterator[Path]:
+    """A directory like the top of a checkout, that OTHER_UID may use (not under tmp_path,
+    whose parents are the tests' user's only)."""
+    path = Path(tempfile.mkdtemp(prefix="ghit-work-checkout-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def as_a_user(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`command` through sh in `cwd`, as a newcomer runs it: where the tests run as root (CI),
+    as OTHER_UID in the Docker socket's group, owning `cwd`; elsewhere as the tests' user."""
+    argv, env = ["sh", "-c", command], dict(os.environ)
+    socket = Path("/var/run/docker.sock")
+    if os.geteuid() == 0 and socket.exists() and shutil.which("setpriv"):
+        for path in [cwd, *cwd.rglob("*")]:
+            os.chown(path, OTHER_UID, OTHER_UID, follow_symlinks=False)
+        ids = [f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", f"--groups={socket.stat().st_gid}"]
+        argv, env["HOME"] = ["setpriv", *ids, *argv], str(cwd)
+    return subprocess.run(
+        argv,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 AGENT_CONFIG = """\
@@ -102,18 +155,93 @@ def test_the_image_runs_as_10001_10001_without_git_or_the_tui() -> None:
     assert home == "/home/ghit-work", "agents' ~/.codex, ~/.claude stay out of the state volume"
 
 
-def test_the_quickstart_runs_in_the_container(conf: Path) -> None:
-    shutil.copytree(ROOT / "examples" / "quickstart", conf, dirs_exist_ok=True)
-    for path in [conf, *conf.rglob("*")]:
-        path.chmod(0o777 if path.is_dir() else 0o666)
-    result = docker("run", "--rm", "-v", f"{conf}:/etc/ghit-work", IMAGE, "--drain")
-    assert "drain: every batch delivered; exiting" in result.stderr
+def test_the_docs_quickstart_command_runs_as_written(checkout: Path) -> None:
+    shutil.copytree(ROOT / "examples" / "quickstart", checkout / "examples" / "quickstart")
+    command = with_image(doc_command("Try it: the quickstart"))
+    for _ in range(2):  # as written, again: it starts afresh
+        result = as_a_user(command, checkout)
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
+        assert "drain: every batch delivered; exiting" in result.stderr
+    quickstart = checkout / "examples" / "quickstart"
+    assert (quickstart / ".ghit-work").stat().st_uid == quickstart.stat().st_uid, "yours"
+    assert any((quickstart / "logs" / "claude").iterdir())
+
+
+def test_the_docs_init_command_writes_the_state_volume_as_state_dir(checkout: Path) -> None:
+    command = with_image(doc_command("Configure it"))
+    result = as_a_user(command, checkout)
+    assert result.returncode == 0, f"{command}\n{result.stderr}"
+    written = tomllib.loads((checkout / "ghit-work-conf" / "ghit-work.toml").read_text())
+    assert written["ghit-work"]["state_dir"] == "/var/lib/ghit-work/state"
+    assert (checkout / "ghit-work-conf" / "prompt.md.j2").exists()
 
 
 def test_init_writes_a_config_where_it_runs(conf: Path) -> None:
     docker("run", "--rm", "-v", f"{conf}:/etc/ghit-work", IMAGE, "init")
     assert (conf / "ghit-work.toml").exists() and (conf / "prompt.md.j2").exists()
+    written = tomllib.loads((conf / "ghit-work.toml").read_text())
+    assert written["ghit-work"]["state_dir"] == "/var/lib/ghit-work/state", "on the volume"
     docker("run", "--rm", IMAGE, "init")  # into the image's own /etc/ghit-work
+
+
+def test_init_into_a_read_only_root_owned_mount_is_one_line(tmp_path: Path) -> None:
+    mounted = tmp_path / "conf"
+    mounted.mkdir(mode=0o755)  # root's, where the tests run as root
+    result = docker("run", "--rm", "-v", f"{mounted}:/etc/ghit-work:ro", IMAGE, "init", check=False)
+    assert result.returncode == 2, result.stderr
+    assert re.fullmatch(
+        r"ghit-work: error: /etc/ghit-work/ghit-work\.toml: cannot write: "
+        r"(Permission denied|Read-only file system) \(as uid 10001\); make the directory "
+        r"writable for this user, or choose another path with -c\n",
+        result.stderr,
+    ), result.stderr
+    assert not any(mounted.iterdir())
+
+
+def test_the_image_ships_neither_pip_nor_setuptools() -> None:
+    listing = docker(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "sh",
+        IMAGE,
+        "-c",
+        "ls /opt/ghit-work/bin /opt/ghit-work/lib/python3*/site-packages",
+    ).stdout.split()
+    assert "ghitwork" in listing and "ghit-work" in listing
+    shipped = re.compile(r"(pip|setuptools|_distutils_hack|pkg_resources|distutils-precedence)\b")
+    assert not [name for name in listing if shipped.match(name)]
+
+
+def test_the_image_holds_none_of_the_hosts_extra_ca_certificates() -> None:
+    extra = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
+    if not extra:
+        pytest.skip("this host has no extra CA certificates to leak")
+    found = docker(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "sh",
+        IMAGE,
+        "-c",
+        "ls -A /usr/local/share/ca-certificates; cat /etc/ssl/certs/ca-certificates.crt",
+    ).stdout
+    flat = "".join(found.split())
+    for cert in extra:
+        assert cert.name not in found, f"{cert} was copied into the image"
+        for body in re.findall(r"-----BEGIN CERTIFICATE-----(.*?)-----END", cert.read_text(), re.S):
+            assert "".join(body.split()) not in flat, f"{cert} is trusted in the image"
+
+
+def test_the_image_is_at_most_25_mb_above_its_base() -> None:
+    base = os.environ.get("GHIT_WORK_IMAGE_BASE")
+    if not base:
+        pytest.skip("GHIT_WORK_IMAGE_BASE unset (nox -s container sets it)")
+    size = {
+        name: int(docker("image", "inspect", "--format", "{{.Size}}", name).stdout)
+        for name in (base, IMAGE)
+    }
+    assert size[IMAGE] - size[base] <= 25_000_000, f"{(size[IMAGE] - size[base]) / 1e6:.1f} MB"
 
 
 def test_docker_stop_while_an_agent_works_saves_and_redelivers(conf: Path, name: str) -> None:

@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, GHIT_WORK, ROOT, Setup, event, ghit_work, poll, write_events
+from conftest import (
+    BIN,
+    GHIT_WORK,
+    ROOT,
+    Setup,
+    event,
+    ghit_work,
+    poll,
+    with_commands,
+    write_events,
+)
 
 EXAMPLES = ROOT / "examples"
 
@@ -137,12 +147,43 @@ def test_the_kubernetes_manifests_validate_and_their_config_passes_check(tmp_pat
     documents = list(yaml.safe_load_all(manifest.read_text()))
     config_map = next(d for d in documents if d["kind"] == "ConfigMap")
     (tmp_path / "ghit-work.toml").write_text(config_map["data"]["ghit-work.toml"])
-    checked = ghit_work("check", cwd=tmp_path)
+    checked = ghit_work("check", cwd=tmp_path, env=with_commands(tmp_path, "ghit-cli"))
     assert checked.returncode == 0, checked.stderr
     assert "codex (enabled, user codex)" in checked.stdout
     deployment = next(d for d in documents if d["kind"] == "Deployment")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_only_the_monitoring_namespace_reaches_the_http_port() -> None:
+    """Issue 21 #16: the agent pods share the pod network; a NetworkPolicy admits only the
+    monitoring namespace to 9090 (the kubelet's probes come from the node, always admitted)."""
+    manifest = EXAMPLES / "kubernetes" / "ghit-work.yaml"
+    documents = list(yaml.safe_load_all(manifest.read_text()))
+    policies = [d for d in documents if d["kind"] == "NetworkPolicy"]
+    assert len(policies) == 1, "one NetworkPolicy for ghit-work's port"
+    spec = policies[0]["spec"]
+    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selected = spec["podSelector"]["matchLabels"]
+    assert selected.items() <= pod_labels.items(), "it selects the dispatcher's pod"
+    script = next(d for d in documents if d["kind"] == "ConfigMap")["data"]["run-agent-pod.sh"]
+    labels = re.search(r'--labels="([^"]+)"', script)
+    assert labels is not None
+    agent_labels = dict(pair.split("=", 1) for pair in labels.group(1).split(","))
+    assert not selected.items() <= agent_labels.items(), "the agent pods are not the target"
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]  # isolated for ingress: nothing else is admitted
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    (port,) = container["ports"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": port["containerPort"]}]
+    config = next(d for d in documents if d["kind"] == "ConfigMap")["data"]["ghit-work.toml"]
+    assert f'http = "0.0.0.0:{port["containerPort"]}"' in config
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == port["name"]
 
 
 def test_an_agent_pod_gets_the_prompt_on_stdin(tmp_path: Path) -> None:
@@ -223,16 +264,19 @@ def test_the_alert_rules_only_name_metrics_ghit_work_exposes() -> None:
     from prometheus_client.registry import CollectorRegistry
     from rxfakes import agent_config
 
-    from ghitwork.config import Config
-    from ghitwork.dispatch import Dispatcher
-    from ghitwork.metrics import Collector, Counts
+    from ghitwork.bus.changes import ConfigApplied
+    from ghitwork.config.model import Config
+    from ghitwork.http.metrics import Collector, Counts
+    from ghitwork.observe.dashboard import DashboardModel
 
     rules = (EXAMPLES / "kubernetes" / "prometheus.yaml").read_text()
     documents = list(yaml.safe_load_all(rules))
     assert [d["kind"] for d in documents] == ["ServiceMonitor", "PrometheusRule"]
     config = Config(path=Path("x.toml"), agents=(agent_config("a"),))
     registry = CollectorRegistry()
-    registry.register(Collector(Counts(), Dispatcher(config, lambda change: None, {})))
+    model = DashboardModel()
+    model(ConfigApplied(config=config))
+    registry.register(Collector(Counts(), model))
     from prometheus_client import generate_latest
 
     exposed = {

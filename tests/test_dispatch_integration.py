@@ -207,20 +207,20 @@ def test_json_status_lines_are_one_object_each(setup: Setup) -> None:
     assert working[0]["agent"] == "a" and working[0]["event_ids"] == [1]
 
 
-def test_a_template_that_fails_to_render_keeps_the_events_and_others_carry_on(
+def test_a_template_that_fails_to_render_fails_its_runs_and_others_carry_on(
     setup: Setup,
 ) -> None:
-    setup.write_config(
-        {"broken": {"agent_prompt": "{{ events[0].summary.no_such_field }}"}, "fine": {}}
-    )
+    """A template error is that run's fault (SPEC §11): retried, then a dead letter."""
+    broken = {"agent_prompt": "{{ events[0].summary.no_such_field }}"}
+    setup.write_config({"broken": {**broken, "run_attempts": 2, "run_backoff": 0.1}, "fine": {}})
     write_events(setup.events, [event(1), event(2)])
     result = ghit_work("--drain", cwd=setup.path)
-    assert "agent broken: prompt template" in result.stderr
+    assert "agent broken: working -> retrying, error: prompt template" in result.stderr
     assert "no_such_field" in result.stderr
-    assert "stay queued" in result.stderr
+    assert "gave up after 2 attempts: dead letter 1" in result.stderr
     assert setup.delivered("fine") == [1, 2]
-    assert result.returncode == 1, "a drain that could not deliver everything says so"
-    assert "1 agent could not be given its events: broken (2 events)" in result.stderr
+    assert result.returncode == 0, result.stderr
+    assert "(1 dead letter in state_dir" in result.stderr
 
 
 def test_sigterm_stops_agents_and_exits_0(setup: Setup) -> None:

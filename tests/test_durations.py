@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from ghitwork.durations import Budget, DurationError, format_duration, parse_budget, parse_duration
+from ghitwork.model.durations import (
+    Budget,
+    DurationError,
+    format_duration,
+    parse_budget,
+    parse_duration,
+)
 
 
 @pytest.mark.parametrize(

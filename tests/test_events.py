@@ -8,7 +8,7 @@ from conftest import event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ghitwork.events import Decoder, Event, Malformed, objects
+from ghitwork.model.events import Decoder, Event, Malformed, objects
 
 
 def decode(chunks: list[bytes]) -> list[Event | Malformed]:

@@ -49,19 +49,22 @@ def test_the_retry_window_runs_out_with_exit_3(setup: Setup) -> None:
     assert 1.5 < elapsed < 15, "it gives up about when the window ends"
 
 
-def test_a_stream_that_cannot_start_is_retried_then_given_up(setup: Setup) -> None:
-    setup.write_config({"a": {}}, retry="1s")
+def test_a_tail_command_that_does_not_exist_is_said_plainly_not_retried(setup: Setup) -> None:
+    """Issue 26: not a transient failure retried for the whole window (exit 3), but one
+    ERROR line naming ghit-work.tail_cmd and exit 2 at once."""
+    setup.write_config({"a": {}}, retry="1m")
     config = setup.config.read_text().replace(
         json.dumps(str(Path(sys.executable).parent / "ghit-work-replay")),
         json.dumps("/nonexistent/ghit-cli"),
     )
     setup.config.write_text(config)
-    result = ghit_work("--retry", "1", cwd=setup.path)
-    assert result.returncode == 3
+    result = ghit_work(cwd=setup.path, timeout=20)
+    assert result.returncode == 2, result.stderr
     assert (
-        "tail-events: cannot start /nonexistent/ghit-cli: No such file or directory"
-        in result.stderr
+        "ERROR   tail-events: cannot start: ghit-work.toml: ghit-work.tail_cmd: "
+        "/nonexistent/ghit-cli: no such file" in result.stderr
     )
+    assert "retry in" not in result.stderr
 
 
 def test_sighup_adds_an_agent_without_interrupting_a_running_one(setup: Setup) -> None:
@@ -184,6 +187,11 @@ def test_kill_9_mid_run_then_restart_redelivers_the_interrupted_batch(setup: Set
         poll(lambda: batches(setup, "a") and len(batches(setup, "b")) >= 1, what="runs")
         poll(lambda: sum(len(ids) for _, ids in batches(setup, "b")) == 2, what="b done")
         daemon.wait_for("agent b: working -> idle", count=len(batches(setup, "b")))
+        journals = (setup.path / ".ghit-work").glob
+        done = len(batches(setup, "b"))  # journaled a moment after its status line
+        poll(
+            lambda: sum(j.read_bytes().count(b'"done":"b"') for j in journals("journal-*")) == done
+        )
         daemon.signal(signal.SIGKILL)
         daemon.wait()
     first = batches(setup, "a")[0]
@@ -333,11 +341,15 @@ def test_a_removed_agent_keeps_its_queued_events_until_it_comes_back(setup: Setu
 
 
 def test_a_failing_template_is_retried_after_a_reload_fixes_it(setup: Setup) -> None:
-    setup.write_config({"a": {"agent_prompt": "{{ nope }}"}}, tail=["--follow"])
+    """A template that fails is that run's fault (SPEC §11): outcome `error`, retried with
+    backoff; the retry after a reload renders the fixed template."""
+    retried = {"run_backoff": 1, "run_attempts": 5}
+    setup.write_config({"a": {"agent_prompt": "{{ nope }}", **retried}}, tail=["--follow"])
     write_events(setup.events, [event(1), event(2)])
     with Running(setup.path) as daemon:
-        daemon.wait_for("agent a: queued -> failing")
-        setup.write_config({"a": {}}, tail=["--follow"])
+        text = daemon.wait_for("agent a: working -> retrying, error: prompt template")
+        assert "'nope' is undefined" in text
+        setup.write_config({"a": retried}, tail=["--follow"])
         daemon.signal(signal.SIGHUP)
         poll(lambda: setup.delivered("a") == [1, 2], what="the kept events after the fix")
         daemon.signal(signal.SIGTERM)
@@ -384,7 +396,7 @@ def test_a_sigterm_in_the_first_instant_stops_it_cleanly(setup: Setup) -> None:
 
 EXIT_NOW = """
 import atexit, sys, threading
-from ghitwork.entry import exit_now
+from ghitwork.app.entry import exit_now
 atexit.register(lambda: print("atexit ran"))
 print("buffered output,", end=" ")
 if sys.argv[1] == "thread":

@@ -8,8 +8,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rxfakes import agent_config
 
-from ghitwork.policy import MAX_BACKOFF, Done, GiveUp, Retry, Tries, after_run, backoff, next_tries
-from ghitwork.results import RunResult
+from ghitwork.flow.policy import (
+    MAX_BACKOFF,
+    Done,
+    GiveUp,
+    Retry,
+    Tries,
+    after_run,
+    backoff,
+    next_tries,
+)
+from ghitwork.model.results import RunResult
 
 OK = RunResult(agent="a", event_ids=(1,), command=("x",), started=0.0, ended=1.0, returncode=0)
 FAILED = replace(OK, returncode=1)

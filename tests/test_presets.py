@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from ghitwork.archive import Redactor
-from ghitwork.cli import init
-from ghitwork.config import AgentConfig, load_config
-from ghitwork.output import Findings, Patterns, Stream
-from ghitwork.usage import Ledger, Usage, charge
+from ghitwork.app.commands import init
+from ghitwork.config.load import load_config
+from ghitwork.config.model import AgentConfig
+from ghitwork.model.usage import Ledger, Usage, charge
+from ghitwork.run.archive import Redactor
+from ghitwork.run.output import Findings, Patterns, Stream
 
 DATA = Path(__file__).parent / "data" / "agents"
 
@@ -88,3 +89,52 @@ def test_a_failed_claude_run_still_records_what_it_spent(tmp_path: Path) -> None
     found = read(agent, "claude-429-stream.out")
     made = charge("claude", found.tally, "run", None, None, None, 0.0)
     assert made is not None and made.usage == Usage(0, 0, 0, 0.0), "it reported zero"
+
+
+# What each CLI printed at a subscription's usage limit (stdout, recorded through ghit-work by
+# `nox -s real-agents`; docs/agents.md#quota-windows), and the `reset` the preset reads in it.
+USAGE_LIMITS = {
+    "codex": (
+        '{"type":"thread.started","thread_id":"01a23ca1-37a2-77f2-97b0-726bd2019b0d"}\n'
+        '{"type":"turn.started"}\n'
+        '{"type":"error","message":"You\u2019ve hit your usage limit. Try again at 6:59 PM."}\n'
+        '{"type":"turn.failed","error":{"message":"You\u2019ve hit your usage limit. Try again'
+        ' at 6:59 PM."}}\n',
+        "at 6:59 PM",
+    ),
+    "claude": (
+        '{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":1796493585,'
+        '"rateLimitType":"seven_day","isUsingOverage":false},"session_id":'
+        '"33ceccfb-f959-47b9-9258-97e367daa90f"}\n'
+        '{"type":"result","subtype":"success","is_error":true,"api_error_status":429,'
+        '"num_turns":1,"result":"You\'ve hit your weekly limit \u00b7 resets Dec 5, 12:59pm '
+        '(America/New_York)","session_id":"33ceccfb-f959-47b9-9258-97e367daa90f",'
+        '"total_cost_usd":0}\n',
+        "Dec 5, 12:59pm (America/New_York)",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(USAGE_LIMITS))
+def test_each_preset_reads_when_its_clis_usage_limit_resets(tmp_path: Path, name: str) -> None:
+    agent = preset(tmp_path, name)
+    output, reset = USAGE_LIMITS[name]
+    findings = Findings()
+    patterns = Patterns(agent.session_id_pattern, agent.rate_limit_pattern, agent.usage_patterns)
+    stream = Stream("stdout", None, Redactor(()), patterns, findings, None)
+    stream.chunk(output.encode())
+    stream.close()
+    assert findings.rate_limited and findings.reset == reset
+
+
+@pytest.mark.parametrize(("name", "account"), [("codex", "chatgpt-plus"), ("claude", "claude-max")])
+def test_each_presets_account_line_uncommented_names_the_account(
+    tmp_path: Path, name: str, account: str
+) -> None:
+    init(tmp_path / "ghit-work.toml", io.StringIO(), [name])
+    config = tmp_path / "ghit-work.toml"
+    line = f'# account = "{account}"\n'
+    assert config.read_text().count(line) == 1
+    config.write_text(config.read_text().replace(line, line.removeprefix("# ")))
+    [agent] = load_config(config).agents
+    assert agent.account == account

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ghitwork.events import Decoder, Event, objects
-from ghitwork.prompt import DEFAULT_TEMPLATE, default, file_template, inline_template
+from ghitwork.config.prompt import DEFAULT_TEMPLATE, default, file_template, inline_template
+from ghitwork.model.events import Decoder, Event, objects
 
 SOURCE = """\
 {% for e in events %}{{ e.id }} {{ e.kind }} {{ e.summary.web_url }} {{ e.items is defined }}

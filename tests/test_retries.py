@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from reactivex.testing import TestScheduler
 from rxfakes import FakeAgents, Run, agent_config, ev, run_flow
 
-from ghitwork.results import RunResult
-from ghitwork.state import AgentState, RunFinished, RunStarted
+from ghitwork.bus.changes import AgentState, RunFinished, RunStarted
+from ghitwork.model.results import RunResult
 
 
 def runs_of(agents: FakeAgents, name: str = "a") -> list[Run]:

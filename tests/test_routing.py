@@ -8,8 +8,8 @@ from collections.abc import Callable
 from reactivex.testing import TestScheduler
 from rxfakes import FakeAgents, agent_config, ev, run_flow
 
-from ghitwork.routing import Matcher, Slots
-from ghitwork.state import AgentChanged, AgentState, RunFinished, RunStarted
+from ghitwork.bus.changes import AgentChanged, AgentState, RunFinished, RunStarted
+from ghitwork.flow.routing import Matcher, Slots
 
 
 def test_matching_uses_kind_scope_hierarchy_and_never_the_agents_own_events() -> None:

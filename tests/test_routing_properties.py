@@ -11,10 +11,11 @@ from reactivex import Observable
 from reactivex.testing import TestScheduler
 from rxfakes import FakeAgents, agent_config, ev, run_flow
 
-from ghitwork.agent import Agent
-from ghitwork.events import Event
-from ghitwork.results import RunResult
-from ghitwork.routing import Matcher, Slots
+from ghitwork.config.model import AgentConfig
+from ghitwork.flow.routing import Matcher, Slots
+from ghitwork.model.events import Event
+from ghitwork.model.results import RunResult
+from ghitwork.run.spec import RunSpec
 
 SCOPES = ["team:a", "repo:teams/a/r1", "repo:teams/a/r2", "thread:teams/a/r1/1", "user:u"]
 EVENT_SCOPES = [
@@ -50,9 +51,9 @@ events_strategy = st.lists(
 class HoldAware(FakeAgents):
     slots: Slots | None = None
 
-    def launch(self, agent: Agent, batch: list[Event]) -> Observable[RunResult]:
+    def launch(self, config: AgentConfig, spec: RunSpec) -> Observable[RunResult]:
         assert self.slots is None or not self.slots.held, "a run started during a hold"
-        return super().launch(agent, batch)
+        return super().launch(config, spec)
 
 
 @settings(max_examples=150, deadline=None)
@@ -111,7 +112,7 @@ def test_runs_never_overlap_respect_the_limit_and_deliver_every_match_once_in_or
 
 
 def _covering(scope: str) -> list[str]:
-    # Independent of ghitwork.scopes: the hierarchy spelled out for this strategy's scopes.
+    # Independent of ghitwork.model.scopes: the hierarchy spelled out for this strategy's scopes.
     parents = {
         "thread:teams/a/r1/1": ["repo:teams/a/r1", "team:a"],
         "thread:teams/a/r1/2": ["repo:teams/a/r1", "team:a"],

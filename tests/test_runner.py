@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import poll
 
-from ghitwork import runner
-from ghitwork.archive import Redactor
-from ghitwork.output import Patterns
-from ghitwork.results import RunResult
-from ghitwork.runner import Invocation, agent_environment
+from ghitwork.model import usage
+from ghitwork.model.results import RunResult
+from ghitwork.model.usage import Pricing
+from ghitwork.run import invocation as runner
+from ghitwork.run.archive import Redactor
+from ghitwork.run.invocation import Invocation
+from ghitwork.run.output import Patterns
+from ghitwork.run.spec import agent_environment
 
 
-def invoke(tmp_path: Path, code: str, **kwargs: object) -> RunResult:
+def invocation(tmp_path: Path, code: str, **kwargs: object) -> Invocation:
+    """A run of `python -c code` in `tmp_path`; `kwargs` override Invocation's options."""
     options: dict[str, object] = {
         "agent": "a",
         "argv": [sys.executable, "-c", code],
@@ -28,7 +35,11 @@ def invoke(tmp_path: Path, code: str, **kwargs: object) -> RunResult:
         "event_ids": [1, 2],
     }
     options.update(kwargs)
-    return asyncio.run(Invocation(**options).run())  # type: ignore[arg-type]
+    return Invocation(**options)  # type: ignore[arg-type]
+
+
+def invoke(tmp_path: Path, code: str, **kwargs: object) -> RunResult:
+    return asyncio.run(invocation(tmp_path, code, **kwargs).run())
 
 
 def test_the_prompt_arrives_on_stdin_and_stdin_is_closed(tmp_path: Path) -> None:
@@ -41,7 +52,13 @@ def test_the_prompt_arrives_on_stdin_and_stdin_is_closed(tmp_path: Path) -> None
 def test_environment_drops_the_ghit_credentials_and_adds_env_and_agent_name() -> None:
     base = {"PATH": "/bin", "GHIT_API_TOKEN": "t0k3n", "GHIT_API_URL": "https://x/api", "A": "1"}
     env = agent_environment(base, {"A": "2", "B": "3"}, "codex")
-    assert env == {"PATH": "/bin", "A": "2", "B": "3", "GHIT_WORK_AGENT": "codex"}
+    assert env == {
+        "PATH": "/bin",
+        "A": "2",
+        "B": "3",
+        "GHIT_WORK_AGENT": "codex",
+        "GHIT_WORK_CONVERSATION": "",
+    }
 
 
 def test_a_chatty_agent_that_never_reads_stdin_does_not_block(tmp_path: Path) -> None:
@@ -170,3 +187,135 @@ def _alive(pid: int) -> bool:
             return handle.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+# -- one run is one failure domain (SPEC §11): ghit-work's own exceptions are the run's fault
+
+
+def contained(tmp_path: Path, code: str, **kwargs: object) -> tuple[RunResult, list[str]]:
+    """The run's result, and what reached asyncio's exception handler meanwhile."""
+    seen: list[str] = []
+
+    async def main() -> RunResult:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: seen.append(str(context)))
+        return await invocation(tmp_path, code, **kwargs).run()
+
+    return asyncio.run(main()), seen
+
+
+SLEEPER = (
+    "import os, time; open('pid', 'w').write(str(os.getpid())); print('hello', flush=True); "
+    "time.sleep(10)"
+)
+
+
+def test_a_forward_callback_that_raises_fails_the_run_and_ends_its_agent(tmp_path: Path) -> None:
+    def forward(stream: str, line: str) -> None:
+        raise RuntimeError("the status bus broke")
+
+    gone: list[int] = []
+    result, seen = contained(tmp_path, SLEEPER, forward=forward, on_gone=gone.append)
+    assert result.fault == "reading its stdout: RuntimeError: the status bus broke"
+    assert result.outcome == "error" and not result.ok
+    assert result.describe() == "error: reading its stdout: RuntimeError: the status bus broke"
+    assert result.signal == signal.SIGTERM and result.duration < 5, "ended, not waited for"
+    assert not _alive(int((tmp_path / "pid").read_text()))
+    assert gone == [result.pid], "its group is forgotten once nothing of it is left"
+    assert seen == [], "nothing reaches asyncio's exception handler"
+
+
+def test_accounting_that_raises_is_the_runs_fault_and_in_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def charge(*args: object) -> object:
+        raise KeyError("ledger")
+
+    monkeypatch.setattr(usage, "charge", charge)
+    code = "print('tokens: 5')"
+    patterns = Patterns(usage=(re.compile(r"tokens: (?P<input_tokens>\d+)"),))
+    result, seen = contained(
+        tmp_path, code, pricing=Pricing(), patterns=patterns, logdir=tmp_path / "logs"
+    )
+    assert result.fault == "accounting its usage: KeyError: 'ledger'"
+    assert result.returncode == 0 and result.outcome == "error" and seen == []
+    [record] = (tmp_path / "logs").glob("*.json")
+    data = json.loads(record.read_text())
+    assert (data["outcome"], data["fault"]) == ("error", result.fault)
+
+
+def test_a_logdir_gone_unwritable_during_the_run_is_the_runs_fault(tmp_path: Path) -> None:
+    # The agent replaces the logdir by a file: its record cannot be written (even as root).
+    code = "import os; os.rename('logs', 'moved'); open('logs', 'w').close(); print('hi')"
+    result, seen = contained(tmp_path, code, logdir=tmp_path / "logs")
+    assert result.returncode == 0 and result.outcome == "error" and seen == []
+    assert result.fault is not None and result.fault.startswith("writing its record ")
+    assert "NotADirectoryError: Not a directory" in result.fault
+    assert (tmp_path / "moved").is_dir()
+
+
+def test_a_value_the_os_refuses_at_spawn_is_the_runs_fault(tmp_path: Path) -> None:
+    result, seen = contained(tmp_path, "print(1)", env={**os.environ, "X": "a\0b"})
+    assert result.fault == f"starting {sys.executable}: ValueError: embedded null byte"
+    assert result.pid is None and result.outcome == "error" and seen == []
+
+
+def test_a_group_hook_that_raises_ends_the_agent_and_keeps_the_bookkeeping(
+    tmp_path: Path,
+) -> None:
+    def on_start(pgid: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    gone: list[int] = []
+    result, seen = contained(tmp_path, SLEEPER, on_start=on_start, on_gone=gone.append)
+    assert result.fault == "starting it: OSError: No space left on device"
+    assert result.signal == signal.SIGTERM and gone == [result.pid] and seen == []
+
+
+def test_a_stop_after_the_agents_exit_leaves_its_result_as_it_was(tmp_path: Path) -> None:
+    """Issue 21 item 8: the run ended at the exit; the drain that follows is not the run."""
+
+    async def main() -> RunResult:
+        invocation = Invocation(
+            agent="a",
+            argv=["sh", "-c", "sleep 30 & exit 0"],  # the sleep holds stdout: a 2 s drain
+            prompt="",
+            workdir=tmp_path,
+            env=dict(os.environ),
+            event_ids=[1],
+        )
+        run = asyncio.ensure_future(invocation.run())
+        while invocation.pid is None or _alive(invocation.pid):
+            await asyncio.sleep(0.01)
+        invocation.terminate(runner.Why.STOPPING)
+        invocation.kill()
+        return await run
+
+    result = asyncio.run(main())
+    assert result.ok and not result.stopped and result.returncode == 0
+
+
+def test_a_run_cancelled_during_the_drain_still_ends_what_it_left(tmp_path: Path) -> None:
+    gone: list[int] = []
+
+    async def main() -> int:
+        invocation = Invocation(
+            agent="a",
+            argv=["sh", "-c", "sleep 30 & echo $! > bg; exit 0"],  # sleep holds stdout
+            prompt="",
+            workdir=tmp_path,
+            env=dict(os.environ),
+            event_ids=[1],
+            on_gone=gone.append,
+        )
+        run = asyncio.ensure_future(invocation.run())
+        while not invocation._exited:  # the agent exited: the 2 s drain has begun
+            await asyncio.sleep(0.01)
+        assert not run.done()
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        return int((tmp_path / "bg").read_text())
+
+    leftover = asyncio.run(main())
+    poll(lambda: not _alive(leftover), timeout=5, what="the leftover to get SIGTERM")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ghitwork.scopes import covering, covers, scope_problem
+from ghitwork.model.scopes import covering, covers, scope_problem
 
 
 def test_a_team_covers_its_repos_and_threads() -> None:

@@ -7,9 +7,9 @@ import json
 import os
 from pathlib import Path
 
-from ghitwork.events import Event
-from ghitwork.source import TailSource, _grow_pipe, _Lines, _waiting
-from ghitwork.state import EventSkipped, StateBus
+from ghitwork.bus.changes import EventSkipped, StateBus
+from ghitwork.model.events import Event
+from ghitwork.source.tail import TailSource, _grow_pipe, _Lines, _waiting
 
 
 def line(ident: int) -> bytes:

@@ -9,16 +9,15 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ghitwork.config import Config
-from ghitwork.dispatch import Dispatcher
-from ghitwork.events import Event
-from ghitwork.journal import Journal
-from ghitwork.saved import Saved, SavedAgent
-from ghitwork.state import Notice, StateBus
-from ghitwork.store import MIN_COMPACT_BYTES, PUT_OFF, StateDirError, Store
+from ghitwork.bus.changes import Notice, StateBus
+from ghitwork.model.events import Event
+from ghitwork.persist.journal import Journal
+from ghitwork.persist.saved import Saved, SavedAgent
+from ghitwork.persist.store import MIN_COMPACT_BYTES, PUT_OFF, StateDirError, StateWriteError, Store
 
 
 def opened(path: Path) -> tuple[Store, Saved, list[tuple[str, str]]]:
@@ -57,7 +56,7 @@ def test_a_snapshot_starts_a_new_generation_and_old_journals_go(tmp_path: Path) 
     store.record({"c": 5})
     store.flush()
     saved.cursor = 5
-    saved.agents["a"] = SavedAgent(pending={3: {"id": 3, "kind": "k"}}, session_id="x")
+    saved.agents["a"] = SavedAgent(pending={3: {"id": 3, "kind": "k"}}, sessions={"": "x"})
     store.compact(saved)
     assert sorted(p.name for p in tmp_path.glob("journal-*")) == ["journal-2.jsonl"]
     store.close()
@@ -86,9 +85,13 @@ def test_a_snapshot_writes_events_as_printed_and_whatever_orjson_refuses_with_js
             store.close()
         reopened, loaded, _ = opened(tmp_path)
         reopened.close()
-        assert loaded.agents["a"].pending[1] == {"id": 1, "kind": "k", "x": [1, {"y": None}]}
+        # loaded as bytes (an Event), parsed only when asked; as printed unless json wrote them
+        a = loaded.agents["a"].pending[1]
+        assert isinstance(a, Event) and (big or a.raw == printed)
+        assert a.data == {"id": 1, "kind": "k", "x": [1, {"y": None}]}
         b = loaded.agents["b"].pending[2]
-        assert isinstance(b, dict) and b["id"] == 2 and b.get("big") == (2**70 if big else None)
+        b = b.data if isinstance(b, Event) else b
+        assert b["id"] == 2 and b.get("big") == (2**70 if big else None)
 
 
 def test_compaction_waits_while_a_catch_up_is_read_but_not_forever(tmp_path: Path) -> None:
@@ -141,10 +144,183 @@ def test_a_corrupt_snapshot_is_reported_set_aside_and_never_fatal(tmp_path: Path
     (tmp_path / "state.json").write_text("{not json")
     store, saved, reports = opened(tmp_path)
     assert saved.cursor is None
-    assert [level for level, _ in reports] == ["warning"]
+    assert [level for level, _ in reports] == ["error"]
     assert "state.json: unreadable" in reports[0][1] and "kept as" in reports[0][1]
+    assert "no journal to recover from: tail-events starts without a cursor" in reports[0][1]
     assert len(list(tmp_path.glob("state.json.corrupt-*"))) == 1
     store.close()
+
+
+def test_a_corrupt_snapshot_says_what_was_lost_and_its_journal_gives_back_the_rest(
+    tmp_path: Path,
+) -> None:
+    """The events and cursor of a snapshot set aside are lost, and the report says so; the
+    journal written since it is replayed (it was deleted as an old generation), and the
+    report says what it recovered and where tail-events resumes."""
+    store, saved, _ = opened(tmp_path)
+    saved.cursor = 4
+    saved.agents["a"] = SavedAgent(pending={3: {"id": 3, "kind": "k"}}, sessions={"": "S"})
+    store.compact(saved)
+    store.compact(saved)  # generation 2
+    seven = Event(7, "k", None, (), {"id": 7, "kind": "k"}, b'{"id":7,"kind":"k"}')
+    store.record_events([(seven, ("a", "b"))])
+    store.record({"c": 9})
+    store.flush()
+    store.close()
+    (tmp_path / "state.json").write_text('{"version": 1, "generation": 2, "cursor": 4, "age')
+
+    reopened, loaded, reports = opened(tmp_path)
+    assert loaded.cursor == 9
+    assert sorted(loaded.agents["a"].pending) == [7] and sorted(loaded.agents["b"].pending) == [7]
+    [(level, message)] = reports
+    assert level == "error"
+    assert message.startswith(f"{tmp_path / 'state.json'}: unreadable (")
+    assert (
+        "Lost with it: the cursor and the undelivered events, session ids, dead letters and "
+        "usage totals it held; recovered from journal-2.jsonl: 1 undelivered event(s) for 2 "
+        "agent(s), 0 dead letter(s), cursor 9: tail-events resumes after event 9"
+    ) in message
+    reopened.compact(loaded)  # the recovered journal goes once a snapshot has it
+    assert [p.name for p in tmp_path.glob("journal-*")] == ["journal-3.jsonl"]
+    reopened.close()
+    again, kept, reports = opened(tmp_path)
+    again.close()
+    assert reports == [] and kept.cursor == 9 and sorted(kept.agents["a"].pending) == [7]
+
+
+class _DiskFull:
+    """The journal's file, on a disk that fills: the next `writes` writes put `part` bytes
+    on disk and then fail with ENOSPC, and the next `truncates` truncations fail too."""
+
+    def __init__(self, real: Any, writes: int = 1, part: int = 10, truncates: int = 0) -> None:
+        self.real = real
+        self.writes = writes
+        self.part = part
+        self.truncates = truncates
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self.writes:
+            self.writes -= 1
+            self.real.write(bytes(data[: self.part]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return int(self.real.write(data))
+
+    def truncate(self, size: int) -> int:
+        if self.truncates:
+            self.truncates -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        return int(self.real.truncate(size))
+
+    def fileno(self) -> int:
+        return int(self.real.fileno())
+
+    def close(self) -> None:
+        self.real.close()
+
+
+@pytest.mark.parametrize("truncates", [0, 1])
+def test_a_failed_journal_write_is_retried_whole_and_nothing_follows_a_torn_record(
+    tmp_path: Path, truncates: int
+) -> None:
+    """ENOSPC part-way through a write: the records stay buffered, the journal is cut back to
+    its last whole record (at once, or before the next write when that failed too), and the
+    next flush writes them whole; after a crash every event and the run start are there."""
+    store, saved, _ = opened(tmp_path)
+    store.compact(saved)
+    store.record({"c": 1})
+    store.flush()
+    journal = tmp_path / "journal-1.jsonl"
+    whole = journal.read_bytes()
+    store._journal = _DiskFull(store._journal, truncates=truncates)  # type: ignore[assignment]
+    ten = Event(10, "k", None, (), None, b'{"id":10,"kind":"k","pad":"' + b"x" * 50 + b'"}')
+    store.record_events([(ten, ("a",))])
+    store.record({"start": "a", "ids": [10], "at": 1.0})
+    with pytest.raises(StateDirError) as failed:
+        store.flush()
+    assert str(failed.value) == (
+        f"state_dir {tmp_path}: cannot write journal-1.jsonl: No space left on device"
+    )
+    assert store.dirty and store.unwritten == 2
+    on_disk = journal.read_bytes()
+    assert on_disk == (whole + b'{"to":["a"' if truncates else whole)  # 10 bytes torn
+    store.record({"c": 11})
+    store.flush()  # the space is back
+    lines = journal.read_bytes().splitlines()
+    assert [json.loads(line) for line in lines][1:] == [
+        {"to": ["a"], "e": json.loads(ten.raw)},
+        {"start": "a", "ids": [10], "at": 1.0},
+        {"c": 11},
+    ]
+    store.close()  # as kill -9 would: the restart finds event 10 in flight, and the cursor
+    reopened, loaded, reports = opened(tmp_path)
+    reopened.close()
+    assert reports == []
+    assert loaded.cursor == 11
+    assert list(loaded.agents["a"].pending) == [10] and loaded.agents["a"].inflight == {10}
+
+
+def test_a_snapshot_that_cannot_be_written_raises_a_clear_error_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk at a compaction: StateWriteError naming the file; the old generation and
+    what was buffered for it stay, the temp file is gone, and the next flush writes it."""
+    store, saved, _ = opened(tmp_path)
+    store.compact(saved)
+    store.record({"c": 5})
+
+    def full(fd: int, data: bytes | memoryview) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", full)
+        with pytest.raises(StateWriteError) as failed:
+            store.compact(saved)
+    assert str(failed.value) == (
+        f"state_dir {tmp_path}: cannot write state.json: No space left on device"
+    )
+    assert store.generation == 1 and store.dirty and store.snapshot_failed
+    assert not list(tmp_path.glob(".*.tmp"))
+    store.journal_bytes = MIN_COMPACT_BYTES * PUT_OFF + 1
+    assert not store.wants_compaction()  # not tried again at once, even when long due
+    store.flush()
+    store.close()
+    reopened, loaded, _ = opened(tmp_path)
+    assert loaded.cursor == 5
+    reopened.compact(loaded)
+    assert not reopened.snapshot_failed
+    reopened.close()
+
+
+def test_files_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    state_dir = tmp_path / "parent" / "state"
+    old = os.umask(0)
+    try:
+        store, saved, _ = opened(state_dir)
+        store.compact(saved)
+        store.record({"c": 1})
+        store.flush()
+        (state_dir / "journal-1.jsonl").write_text('{"c": 1}\ngarbage\n')  # copied aside
+        store.close()
+        store, _, _ = opened(state_dir)
+        store.compact(saved)
+        store.close()
+    finally:
+        os.umask(old)
+    modes = {
+        str(path.relative_to(tmp_path)): path.stat().st_mode & 0o7777
+        for path in [state_dir.parent, *state_dir.parent.rglob("*")]
+    }
+    assert modes == {
+        "parent": 0o700,
+        "parent/state": 0o700,
+        "parent/state/lock": 0o600,
+        "parent/state/state.json": 0o600,
+        "parent/state/journal-2.jsonl": 0o600,
+        **{
+            str(p.relative_to(tmp_path)): 0o600 for p in state_dir.glob("journal-1.jsonl.corrupt-*")
+        },
+    }
+    assert len(modes) == 6
 
 
 def test_a_corrupt_journal_line_is_skipped_and_a_copy_kept(tmp_path: Path) -> None:
@@ -168,6 +344,17 @@ def test_a_second_store_on_the_same_dir_is_refused(tmp_path: Path) -> None:
     second.close()
 
 
+def test_the_lock_holds_when_its_file_is_deleted(tmp_path: Path) -> None:
+    """The flock is on the directory: deleting `lock` lets no second store in."""
+    first, _, _ = opened(tmp_path)
+    (tmp_path / "lock").unlink()
+    with pytest.raises(StateDirError, match=f"in use by another ghit-work \\(pid {os.getpid()}\\)"):
+        opened(tmp_path)
+    first.close()
+    second, _, _ = opened(tmp_path)
+    second.close()
+
+
 def test_snapshot_writes_are_whole_files(tmp_path: Path) -> None:
     store, saved, _ = opened(tmp_path)
     saved.cursor = 7
@@ -181,7 +368,7 @@ def test_snapshot_writes_are_whole_files(tmp_path: Path) -> None:
 def test_usage_totals_survive_a_torn_write_exactly(tmp_path: Path) -> None:
     """kill -9 in the middle of writing a usage record: the torn record is not applied, the
     whole ones are applied once, whatever the byte the write stopped at."""
-    from ghitwork.usage import Charge, Usage
+    from ghitwork.model.usage import Charge, Usage
 
     original = tmp_path / "original"
     store, saved, _ = opened(original)
@@ -222,8 +409,7 @@ def test_the_deferred_fsync_runs_off_the_loop_on_its_own_descriptor(
     bus = StateBus()
     notices: list[Notice] = []
     bus.changes.subscribe(lambda c: notices.append(c) if isinstance(c, Notice) else None)
-    config = Config(path=tmp_path / "c.toml", agents=())
-    journal = Journal(store, Dispatcher(config, bus.publish, {}), bus, lambda: None)
+    journal = Journal(store, bus, Saved)
     synced: list[int] = []  # the inode each fsync off the main thread synced
     real_fsync = os.fsync
 

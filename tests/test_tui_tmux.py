@@ -234,3 +234,22 @@ def test_it_stays_responsive_under_a_flood_of_events(setup: Setup, tmux: Tmux) -
     tmux.wait_for("flood 20000")
     tmux.keys("q")
     tmux.wait_for("EXITED=0")
+
+
+def test_p_pauses_and_resumes_the_selected_agent(setup: Setup, tmux: Tmux) -> None:
+    """SPEC §13: `p` pauses the selected agent (its events queue), `p` again resumes it."""
+    two_agents(setup)
+    start(tmux)
+    tmux.wait_for("codex idle")
+    tmux.keys("p")
+    tmux.wait_for("p: codex paused")
+    tmux.wait_for("codex paused")
+    write_events(setup.events, [event(1, kind="thread-created")])
+    tmux.keys("Tab", "Tab")
+    tmux.wait_for("agent codex: idle -> paused")
+    assert setup.delivered("codex") == []
+    tmux.keys("p")
+    tmux.wait_for("p: codex resumed")
+    poll(lambda: setup.delivered("codex") == [1], what="codex's queued event once resumed")
+    tmux.keys("q")
+    tmux.wait_for("EXITED=0")

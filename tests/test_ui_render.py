@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from unittest.mock import MagicMock
 
 from asciimatics.screen import Canvas, Screen
 from rxfakes import agent_config
 
-from ghitwork.config import Config
-from ghitwork.dashboard import DashboardModel, View
-from ghitwork.events import Event, Malformed
-from ghitwork.panes import UiState, render
-from ghitwork.results import RunResult
-from ghitwork.state import (
+from ghitwork.bus.changes import (
     AgentChanged,
     AgentState,
     ConfigApplied,
+    DeadLettersRedelivered,
     EventSkipped,
+    EventsRestored,
     EventsRouted,
     RunFinished,
     RunStarted,
+    SourceExited,
     SourceRetry,
+    SourceStarted,
 )
-from ghitwork.ui import Controls, handle_key
+from ghitwork.config.model import Config
+from ghitwork.model.deadletter import DeadLetter
+from ghitwork.model.events import Event, Malformed
+from ghitwork.model.redact import Redactor
+from ghitwork.model.results import RunResult
+from ghitwork.observe.dashboard import DashboardModel, View
+from ghitwork.tui.panes import UiState, render
+from ghitwork.tui.ui import Controls, handle_key
 
 NOW = 1_800_000_000.0
 
@@ -270,3 +277,115 @@ def test_the_events_pane_follows_a_flood_whatever_memory_the_old_events_leave() 
             (i, f"t{i}") for i in range(ident - 2, ident + 1)
         ]
         assert all(line.title == f"t{line.id}" for line in lines)
+
+
+def routed(*idents: int, to: tuple[str, ...] = ("codex",)) -> EventsRouted:
+    events = (
+        Event(i, "reply-created", "alice", ("team:ghit",), {"id": i, "summary": {}}) for i in idents
+    )
+    return EventsRouted(routes=tuple((event, to) for event in events), at=NOW)
+
+
+def test_a_working_agents_queue_grows_the_moment_events_are_routed_to_it() -> None:
+    """SPEC §11: not at its next state change (the strip and the expanded view)."""
+    m = model()  # codex is working on [1]
+    m(routed(7, 8))
+    assert [(a.name, a.queue) for a in m.view().agents][:2] == [("codex", 2), ("claude", 0)]
+    assert "codex working 12s +2" in row(draw(m), 1)
+    assert "codex: working for 12s, 2 event(s) queued" in text(draw(m, UiState(expanded=True)))
+    letter = DeadLetter(1, "claude", ({"id": 2},), 3, 1, "exit 1", NOW)
+    m(DeadLettersRedelivered(letters=(letter,), by="ghit-work redeliver"))
+    assert "claude failing +1" in row(draw(m, width=120), 1), "handed back: queued too"
+    # A change that carries the queue sets it exactly.
+    m(AgentChanged(agent="claude", old=AgentState.IDLE, new=AgentState.QUEUED, queue=1, at=NOW))
+    m(
+        RunStarted(
+            agent="claude",
+            old=AgentState.QUEUED,
+            event_ids=(2,),
+            pid=None,
+            resumed=False,
+            redelivered=True,
+            session_id=None,
+            queue=0,
+            at=NOW,
+        )
+    )
+    assert [a.queue for a in m.view().agents][:2] == [2, 0]
+
+
+def test_saved_events_count_in_the_queue_even_for_an_agent_that_may_not_run_them() -> None:
+    """A disabled agent's saved events are queued at start: no state change says so."""
+    m = model()
+    before = {a.name: a.queue for a in m.view().agents}
+    m(EventsRestored(counts={"claude": 3}, at=NOW))
+    after = {a.name: a.queue for a in m.view().agents}
+    assert after["claude"] == before["claude"] + 3
+    assert after["codex"] == before["codex"]
+
+
+SECRET = "sk-live-7fa3c2d1"
+
+
+def test_every_text_a_view_shows_is_redacted_with_the_secrets_of_now() -> None:
+    redactor = Redactor()
+    m = DashboardModel(clock=lambda: NOW, redactor=redactor)
+    m(ConfigApplied(config=Config(path=Path("x.toml"), agents=(agent_config("codex"),)), at=NOW))
+    session = f"sess-{SECRET}"
+    m(
+        RunStarted(
+            agent="codex",
+            old=AgentState.QUEUED,
+            event_ids=(1,),
+            pid=None,
+            resumed=True,
+            redelivered=False,
+            session_id=session,
+            queue=0,
+            at=NOW,
+        )
+    )
+    failed = RunResult(
+        agent="codex",
+        event_ids=(1,),
+        command=("x",),
+        started=NOW - 2,
+        ended=NOW,
+        error=f"cannot start {SECRET}",
+        session_id=session,
+    )
+    letter = DeadLetter(1, "codex", ({"id": 1},), 1, None, f"cannot start {SECRET}", NOW)
+    m(RunFinished(agent="codex", result=failed, new=AgentState.IDLE, queue=0, dead_letter=letter))
+    ui = UiState(expanded=True)
+    before = text(draw(m, ui, width=120)) + "\n".join(m.view().attention)
+    assert SECRET in before, "not a secret yet"
+    redactor.update([SECRET])  # a reload made it one: what was kept is redacted too
+    view = m.view()
+    agent = view.agents[0]
+    assert agent.session_id == "sess-***" and agent.problem == "cannot start ***"
+    assert agent.dead_letters[0].error == "cannot start ***"
+    assert agent.runs[-1].session_id == "sess-***" and agent.runs[-1].error == "cannot start ***"
+    shown = text(draw(m, ui, width=120)) + "\n".join(view.attention) + "\n".join(view.log)
+    assert SECRET not in shown and "session:  sess-***" in shown
+    assert "resuming session sess-***" in "\n".join(view.log)
+
+
+def test_a_stream_that_ghit_work_ended_leaves_health_as_it_was() -> None:
+    """A drain's end, a stop or a restart is not the stream failing: still healthy."""
+    m = DashboardModel(clock=lambda: NOW)
+    m(SourceStarted(pid=1, argv=("tail",), cursor=None, at=NOW))
+    m(SourceExited(status=0, reason="no message on stderr", expected=True, at=NOW))
+    assert m.view().health == "healthy"
+    m(SourceExited(status=1, reason="boom", at=NOW))
+    assert m.view().health == "retrying", "an exit ghit-work did not ask for is a failure"
+
+
+def test_a_secret_written_into_a_command_is_shown_redacted() -> None:
+    from ghitwork.model.redact import Redactor
+
+    m = DashboardModel(clock=lambda: NOW, redactor=Redactor([SECRET]))
+    agent = replace(agent_config("codex"), cmd=("codex", f"--key={SECRET}"))
+    m(ConfigApplied(config=Config(path=Path("x.toml"), agents=(agent,))))
+    (shown,) = m.view().agents
+    assert shown.config is not None and shown.config.cmd == ("codex", "--key=***")
+    assert SECRET not in text(draw(m, UiState(expanded=True)))

@@ -7,7 +7,16 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ghitwork.usage import Charge, Ledger, Price, Tally, Usage, charge, parse_number, spent_since
+from ghitwork.model.usage import (
+    Charge,
+    Ledger,
+    Price,
+    Tally,
+    Usage,
+    charge,
+    parse_number,
+    spent_since,
+)
 
 PATTERN = re.compile(
     r"in=(?P<input_tokens>[\d,_]+) cached=(?P<cached_tokens>[\d,_]+) "

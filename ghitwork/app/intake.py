@@ -1,0 +1,83 @@
+"""What goes into the pipeline: tail-events' reads, saved events, dead letters handed back.
+
+What tail-events reads goes into the pipeline: each read is routed (runs may start; the
+journal is written before any run takes an event), then journaled with its cursor, and only
+then does the cursor saved and shown move. It never passes an event read but not routed
+(SPEC §11): that one is read again at the next start. Routing or the journal failing is
+fatal (`fail(stage, error)`), and nothing more is routed."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from reactivex.subject import Subject
+
+from ghitwork.bus.changes import Level, StateBus
+from ghitwork.flow.dispatch import Dispatcher
+from ghitwork.flow.routing import Burst, Pair, Slots
+from ghitwork.persist import requests
+from ghitwork.persist.journal import Journal
+
+
+class Intake:
+    def __init__(
+        self,
+        journal: Journal,
+        slots: Slots,
+        fail: Callable[[str, BaseException], None],
+        failed: Callable[[], bool],
+    ) -> None:
+        self.events: Subject[Burst] = Subject()  # tail-events' reads
+        # (agent, events) pairs that skip matching: saved events, dead letters handed back
+        self.injected: Subject[Pair] = Subject()
+        self.journal = journal
+        self.slots = slots
+        self.fail = fail
+        # A stage failed (fatal, `fail` included): nothing more is routed.
+        self.failed = failed
+        self.routed: int | None = None  # the last event routed and journaled
+        self.backlog = False  # the last read from tail-events left more waiting
+
+    def behind(self, more: bool) -> None:
+        """After each read from tail-events: whether more is already waiting (a catch-up)."""
+        self.backlog = more
+        self.slots.backlog(more)
+
+    def emit(self, burst: Burst, cursor: int | None) -> None:
+        """One read from tail-events, `cursor` the id of its last event."""
+        if self.failed():
+            return  # fatal: nothing more is routed, and the cursor stays before it
+        try:
+            self.events.on_next(burst)
+        except Exception as error:
+            self.fail("routing", error)
+            return
+        if self.failed():  # a stage failed while routing (the state bus, the journal)
+            return
+        try:
+            self.journal.read_up_to(cursor)
+        except Exception as error:
+            self.fail("journal", error)
+            return
+        self.routed = cursor
+
+    def redeliver(self, dispatcher: Dispatcher, ids: Sequence[int], by: str) -> int:
+        """Hand dead letters back to their agents (ids no longer dead letters are skipped);
+        returns how many were."""
+        count, pairs = dispatcher.redeliver(ids, by)
+        for key, events in pairs:
+            if not self.injected.is_stopped:
+                self.injected.on_next((key, events))  # gives the conversation a group
+            else:  # the flow is draining: kept queued, saved at the stop
+                dispatcher.mailbox(key).merge(events)
+        return count
+
+    def take_requests(self, state_dir: Path, dispatcher: Dispatcher, bus: StateBus) -> None:
+        """Redelivery requests `ghit-work redeliver` left in state_dir (persist/requests.py),
+        each removed only once the journal has its redelivery."""
+        unreadable = functools.partial(bus.notice, Level.WARNING, "redeliver")
+        for request in requests.pending_requests(state_dir, report=unreadable):
+            self.redeliver(dispatcher, request.ids, "ghit-work redeliver")
+            requests.consumed(request)

@@ -1,0 +1,254 @@
+"""The state changes of a running ghit-work, carried by one subject.
+
+The stderr status lines and the TUI are both subscribers of `StateBus.changes`; neither reaches
+into the pipeline. Everything is published from the asyncio loop's thread, the one owner.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from reactivex.subject import Subject
+
+from ghitwork.config.model import Config
+from ghitwork.model.deadletter import DeadLetter
+from ghitwork.model.decisions import Retry
+from ghitwork.model.events import Event, Malformed
+from ghitwork.model.results import RunResult
+from ghitwork.model.usage import Usage
+
+
+class AgentState(StrEnum):
+    IDLE = "idle"
+    QUEUED = "queued"  # has events, waiting for a slot under `limit`
+    WORKING = "working"  # an invocation is running
+    RETRYING = "retrying"  # its batch failed and waits for its next attempt
+    RATE_LIMITED = "rate-limited"  # its batch hit a rate limit and waits to run again
+    THROTTLED = "throttled"  # over its run budget, events keep batching
+    DISABLED = "disabled"  # enabled = false, or removed from the config
+    PAUSED = "paused"  # `ghit-work pause`: no run starts, events keep batching (SPEC §13)
+    NEEDS_INPUT = "needs-input"  # its last run asked a human; its next event wakes it
+    QUOTA = "quota"  # its account's usage limit is reached until it resets (SPEC §14)
+
+
+class Level(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    at: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentChanged(Change):
+    """A conversation of an agent moved between states other than through a run (queued,
+    throttled, ...). With `conversations = "agent"` the agent's one conversation is `""`,
+    and its state is the agent's."""
+
+    agent: str
+    old: AgentState
+    new: AgentState
+    queue: int  # the conversation's
+    reason: str = ""
+    conversation: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunStarted(Change):
+    agent: str
+    old: AgentState
+    event_ids: tuple[int, ...]
+    pid: int | None
+    resumed: bool
+    redelivered: bool
+    session_id: str | None
+    queue: int
+    attempt: int = 1
+    attempts: int = 1  # run_attempts of the agent
+    shown: tuple[Event, ...] = ()  # the batch's first BATCH_SHOWN events, listed by viewers
+    conversation: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFinished(Change):
+    """A run ended, and what becomes of its batch: done, retried (`retry`, due at
+    `retry_at`), or a dead letter."""
+
+    agent: str
+    result: RunResult
+    new: AgentState
+    queue: int
+    attempts: int = 1
+    retry: Retry | None = None
+    retry_at: float | None = None
+    dead_letter: DeadLetter | None = None
+    session_id: str | None = None  # the conversation's session from now on (resumed next)
+    conversation: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkspaceChanged(Change):
+    """A conversation's workspace (SPEC §12) was set up (`ready`), used by a run (`used`), or
+    removed after `workspace_keep` of idleness (`ready` false)."""
+
+    agent: str
+    conversation: str
+    path: str
+    ready: bool
+    used: float | None = None  # when a run of it last ended
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentPaused(Change):
+    """An agent was paused (`paused`) or resumed, by `by` ("ghit-work pause", "the
+    dashboard", "http 127.0.0.1", "its --for ran out"); durable (SPEC §13)."""
+
+    agent: str
+    paused: bool
+    until: float | None = None  # with --for: when it resumes by itself
+    reason: str = ""
+    by: str = ""
+    since: float | None = None  # when it was paused
+    restored: bool = False  # a pause kept in state_dir, in force again at start (not new)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuotaChanged(Change):
+    """An account's usage limit was reached (`until`: when it resets, jitter included) or
+    its window is over (`until` None); every agent of `agents` waits for it (SPEC §14)."""
+
+    account: str  # the agents' `account`, or the agent's name when it has none
+    until: float | None
+    agents: tuple[str, ...]
+    agent: str = ""  # whose run said so
+    reason: str = ""  # what that run printed (its last stderr line, redacted)
+    restored: bool = False  # kept in state_dir, in force again at start (not new)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageLoaded(Change):
+    """Token use and cost kept in state_dir, at start: per agent all-time and per day."""
+
+    totals: Mapping[str, Usage]
+    days: Mapping[str, Mapping[str, Usage]]
+    # per agent, per conversation (SPEC §12; `""` is the agent's own conversation)
+    conversations: Mapping[str, Mapping[str, Usage]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLettersLoaded(Change):
+    """The dead letters kept in state_dir, at start."""
+
+    letters: tuple[DeadLetter, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLettersRedelivered(Change):
+    """Dead letters handed back to their agents (by `ghit-work redeliver` or the TUI)."""
+
+    letters: tuple[DeadLetter, ...]
+    by: str = ""  # who handed them back: "ghit-work redeliver", "the dashboard"
+
+
+BATCH_SHOWN = 30  # events of a batch listed with kind and title (the rest by id only)
+Route = tuple[Event, tuple[str, ...]]  # an event and the agents it went to (maybe none)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventsRestored(Change):
+    """Saved events queued again at start, per agent (enabled or not): how many."""
+
+    counts: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventsRouted(Change):
+    """The events of one read from the stream, in order, each with the agents it went to."""
+
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventSkipped(Change):
+    """Malformed output from tail-events, reported and skipped."""
+
+    malformed: Malformed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceStarted(Change):
+    pid: int
+    argv: tuple[str, ...]
+    cursor: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceExited(Change):
+    status: int | None  # None: it could not start at all
+    reason: str  # last stderr line, or why it could not start
+    expected: bool = False  # ghit-work stopped or restarted it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceRetry(Change):
+    delay: float
+    used: float  # seconds of the retry window used so far
+    window: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notice(Change):
+    """Anything else worth a status line: reloads, stderr of tail-events, agent output."""
+
+    level: Level
+    topic: str  # "reload", "tail-events", "agent", "stop", ...
+    message: str
+    agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopRequested(Change):
+    """A stop began (SIGTERM, SIGINT, `q`): from now on the instance is not healthy."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigApplied(Change):
+    """The config in force: at start and after each successful reload."""
+
+    config: Config
+
+
+class StateBus:
+    """The one subject every state change goes through."""
+
+    def __init__(self) -> None:
+        self.changes: Subject[Change] = Subject()
+        # What a subscriber's exception becomes (the daemon makes it fatal, SPEC §11); by
+        # default it is raised to the publisher.
+        self.fail: Callable[[Exception], None] | None = None
+
+    def publish(self, change: Change) -> None:
+        if self.fail is None:
+            self.changes.on_next(change)
+            return
+        try:
+            self.changes.on_next(change)
+        except Exception as error:
+            self.fail(error)
+
+    def notice(self, level: Level, topic: str, message: str, agent: str | None = None) -> None:
+        self.publish(Notice(level=level, topic=topic, message=message, agent=agent))

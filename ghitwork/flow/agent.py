@@ -1,0 +1,362 @@
+"""One agent: its conversations (SPEC §12), and what they share: the config, the run and
+spend budgets, the session ids, the workspaces.
+
+With `conversations = "agent"` the agent has one conversation, `""`, for ever: everything
+behaves as it did before conversations existed. With `"thread"` a conversation exists while it
+has something queued, running or waiting; one that is idle with nothing queued is dropped
+(its session id and workspace stay here, as a string and a path), so a thousand threads that
+went quiet cost a few dictionary entries. Everything runs on the asyncio loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from reactivex import Observable
+
+from ghitwork.bus.changes import AgentPaused, AgentState, Change, WorkspaceChanged
+from ghitwork.config.model import AgentConfig
+from ghitwork.flow import policy
+from ghitwork.flow.accounts import Accounts
+from ghitwork.flow.conversation import Conversation
+from ghitwork.flow.letters import DeadLetters
+from ghitwork.model.conversations import OWN, main_scope, split
+from ghitwork.model.deadletter import DeadLetter
+from ghitwork.model.durations import MAX_BUDGET_RUNS
+from ghitwork.model.events import Event
+from ghitwork.model.results import RunResult
+from ghitwork.model.usage import Ledger
+from ghitwork.run.spec import RunSpec
+
+RECENT_STARTS = MAX_BUDGET_RUNS  # run start times kept (enough for any run budget)
+MAX_SESSIONS = 10_000  # session ids kept per agent (the most recently used)
+
+Schedule = Callable[[float, Callable[[], None]], Callable[[], None]]
+# (the agent's config, what to run) -> the run (flow/dispatch.py)
+Launch = Callable[[AgentConfig, RunSpec], Observable[RunResult]]
+# (the agent's config, conversation, workspace path, done(removed)) -> remove an idle
+# workspace; `done(False)`: its teardown failed, the workspace is kept and tried again later
+Teardown = Callable[[AgentConfig, str, str, Callable[[bool], None]], None]
+
+
+def call_later(delay: float, action: Callable[[], None]) -> Callable[[], None]:
+    """Run `action` after `delay` seconds on the running asyncio loop; returns a cancel."""
+    return asyncio.get_running_loop().call_later(delay, action).cancel
+
+
+@dataclass(frozen=True)
+class Paused:
+    """Why and until when an agent is paused (SPEC §13)."""
+
+    reason: str = ""
+    until: float | None = None  # with --for: it resumes by itself then
+    by: str = ""
+    at: float = 0.0
+
+
+@dataclass
+class Workspace:
+    """A conversation's own workdir, made for it (SPEC §12)."""
+
+    path: str
+    used: float  # when a run of it last ended (or it was set up)
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        launch: Launch,
+        publish: Callable[[Change], None],
+        clock: Callable[[], float] = time.time,
+        schedule: Schedule | None = None,
+        letters: DeadLetters | None = None,
+        ledger: Ledger | None = None,
+        environ: Mapping[str, str] | None = None,
+        teardown: Teardown | None = None,
+        accounts: Accounts | None = None,
+    ) -> None:
+        self.name = config.name
+        self.environ = environ or {}  # ghit-work's environment (the run's, less the token)
+        self.config = config
+        self.clock = clock
+        self.schedule = schedule or call_later
+        self.launch = launch
+        self.publish = publish
+        self.conversations: dict[str, Conversation] = {}
+        self.sessions: dict[str, str] = {}  # conversation -> its session id
+        self.workspaces: dict[str, Workspace] = {}  # conversation -> its workspace, made
+        self.tearing_down: set[str] = set()  # conversations whose workspace is being removed
+        self.stopping = False
+        self.removed = False  # not in the config any more (kept for its saved events)
+        self.runs: list[float] = []  # start times of recent runs (for budgets)
+        # Where spend budgets read this agent's recent spend (the dispatcher's, kept in
+        # state_dir): the one source of usage totals.
+        self.ledger = ledger or Ledger()
+        self.run_scopes: deque[tuple[float, tuple[str, ...]]] = deque(maxlen=RECENT_STARTS)
+        self._letters = letters
+        self._teardown = teardown
+        self._idle_timers: dict[str, Callable[[], None]] = {}  # workspace_keep, per workspace
+        self.paused: Paused | None = None
+        self.accounts = accounts  # SPEC §14: whose usage limits are reached
+        self._unpause: Callable[[], None] | None = None  # the --for timer
+
+    # -- conversations
+    def conversation(self, key: str) -> Conversation:
+        found = self.conversations.get(key)
+        if found is None:
+            found = self.conversations[key] = Conversation(self, key)
+        return found
+
+    def split(self, events: Sequence[Event]) -> list[tuple[str, tuple[Event, ...]]]:
+        """`events` per conversation of this agent."""
+        if not self.config.threads:
+            return [(OWN, tuple(events))]
+        return split(events)
+
+    def queue(self, events: Sequence[Event]) -> None:
+        """Queue without asking for a run (the pipeline's `add` of the same events follows,
+        or the flow no longer runs anything)."""
+        for key, part in self.split(events):
+            self.conversation(key).merge(part)
+
+    @property
+    def pending(self) -> list[Event]:
+        """Every event queued in any of its conversations (not the running batches)."""
+        conversations = self.conversations.values()
+        if len(self.conversations) == 1:
+            return list(next(iter(conversations)).pending)
+        return sorted((e for c in conversations for e in c.pending), key=lambda e: e.id)
+
+    @property
+    def batch(self) -> tuple[Event, ...]:
+        """The events of its running batches."""
+        return tuple(e for c in self.conversations.values() for e in c.batch)
+
+    @property
+    def redelivered(self) -> set[int]:
+        return {i for c in self.conversations.values() for i in c.redelivered}
+
+    @property
+    def working(self) -> bool:
+        return any(c.state is AgentState.WORKING for c in self.conversations.values())
+
+    def reconfigure(self, config: AgentConfig) -> None:
+        """New settings (a reload): they apply from the next batch of each conversation."""
+        self.config = config
+        for conversation in list(self.conversations.values()):
+            conversation.reconfigure()
+
+    def settled(self, conversation: Conversation) -> None:
+        """A conversation has nothing to do for now: in thread mode it is dropped (its group
+        in the pipeline ends), and its workspace's idle time starts."""
+        if not conversation.idle:
+            return
+        key = conversation.key
+        if self.config.workspace_keep is not None and key in self.workspaces:
+            self._keep(key)
+        if not self.config.threads or self.conversations.get(key) is not conversation:
+            return
+        del self.conversations[key]
+        conversation.ended.on_completed()
+
+    # -- pause and resume (SPEC §13)
+    def pause(self, paused: Paused, restored: bool = False) -> None:
+        """No run starts from now on (a running one finishes); events keep queueing.
+        `restored`: a pause kept in state_dir, in force again at start (not a new one)."""
+        self._cancel_unpause()
+        self.paused = paused
+        self.publish(
+            AgentPaused(
+                agent=self.name,
+                paused=True,
+                until=paused.until,
+                reason=paused.reason,
+                by=paused.by,
+                since=paused.at,
+                restored=restored,
+            )
+        )
+        if paused.until is not None:
+            delay = max(0.0, paused.until - self.clock())
+            self._unpause = self.schedule(delay, self._ran_out)
+        for conversation in list(self.conversations.values()):
+            if conversation.pending and conversation.state in (
+                AgentState.IDLE,
+                AgentState.NEEDS_INPUT,
+            ):
+                conversation.wake()  # -> paused, with its events waiting
+
+    def resume(self, by: str, conversation: str | None = None) -> int:
+        """Lift the pause, and wake the needs-input conversations (only `conversation`'s,
+        when given: then the pause stays). How many conversations it woke."""
+        woken = 0
+        if conversation is None:
+            self._cancel_unpause()
+            if self.paused is not None:
+                self.paused = None
+                self.publish(AgentPaused(agent=self.name, paused=False, by=by))
+        for key, found in list(self.conversations.items()):
+            if conversation is not None and key != conversation:
+                continue
+            if found.state is AgentState.NEEDS_INPUT or (
+                found.state is AgentState.PAUSED and self.paused is None
+            ):
+                found.resume()
+                woken += 1
+        return woken
+
+    def _ran_out(self) -> None:
+        self._unpause = None
+        self.resume("its --for ran out")
+
+    def _cancel_unpause(self) -> None:
+        if self._unpause is not None:
+            self._unpause()
+            self._unpause = None
+
+    # -- quota windows (SPEC §14)
+    def quota_until(self) -> float | None:
+        """Until when its account's usage limit is reached, or None."""
+        accounts = self.accounts
+        if accounts is None or not accounts.closed:
+            return None  # no account is closed: nothing to look up
+        return accounts.until(self.config.quota_account)
+
+    def close_account(self, reset: float, result: RunResult) -> float:
+        """A run said the account's limit is reached until `reset`: until when every agent
+        of the account waits (jitter included)."""
+        if self.accounts is None:
+            return reset
+        reason = result.limit_line or result.last_stderr or result.describe()
+        return self.accounts.close(self.config.quota_account, reset, self.name, reason)
+
+    # -- what conversations share: budgets
+    def throttle(self) -> policy.Throttle | None:
+        if not self.config.budgeted:
+            return None  # the common case, on every run's path: no budget, no reckoning
+        return policy.throttle(self.config, self.runs, self.ledger.recent(self.name), self.clock())
+
+    def hot_scope(self, pending: Sequence[Event]) -> str:
+        """The scope that woke the agent most in its budget's window (its recent runs and
+        `pending`): where an agent-to-agent loop usually is."""
+        budget = self.config.budget
+        since = self.clock() - (budget.window if budget else 0.0)
+        counts: Counter[str] = Counter()
+        for started, scopes in self.run_scopes:
+            if started > since:
+                counts.update(scopes)
+        counts.update(main_scope(event) for event in pending)
+        if not counts:
+            return ""
+        scope, count = counts.most_common(1)[0]
+        return f"; most events from {scope} ({count} in the window)"
+
+    def started(self, batch: Sequence[Event]) -> None:
+        """A run of one of its conversations started (budgets count it)."""
+        started = self.clock()
+        self.runs.append(started)
+        del self.runs[:-RECENT_STARTS]
+        if self.config.budget is not None:  # what a throttle message names (_hot_scope)
+            self.run_scopes.append((started, tuple(main_scope(event) for event in batch)))
+
+    def bury(self, key: str, batch: Sequence[Event], result: RunResult) -> DeadLetter | None:
+        if self._letters is None:
+            return None
+        return self._letters.bury(self.name, batch, result, key)
+
+    # -- sessions
+    def set_session(self, key: str, session: str | None) -> None:
+        sessions = self.sessions
+        sessions.pop(key, None)
+        if session is not None:
+            sessions[key] = session  # the most recently used last
+            if len(sessions) > MAX_SESSIONS:
+                del sessions[next(iter(sessions))]
+
+    # -- workspaces (SPEC §12)
+    def needs_setup(self, key: str) -> bool:
+        """Whether a run of `key` must make its workspace first."""
+        return self.config.workspaces and key not in self.workspaces
+
+    def using(self, key: str) -> None:
+        """A run of `key` is about to start: its workspace is not idle."""
+        cancel = self._idle_timers.pop(key, None)
+        if cancel is not None:
+            cancel()
+
+    def made(self, key: str, path: str) -> None:
+        """The workspace of `key` exists now (created, and set up)."""
+        workspace = self.workspaces[key] = Workspace(path, self.clock())
+        self._announce(key, workspace, ready=True)
+
+    def _announce(
+        self, key: str, workspace: Workspace, ready: bool, used: float | None = None
+    ) -> None:
+        self.publish(
+            WorkspaceChanged(
+                agent=self.name, conversation=key, path=workspace.path, ready=ready, used=used
+            )
+        )
+
+    def ran(self, key: str, result: RunResult) -> None:
+        workspace = self.workspaces.get(key)
+        if workspace is None:
+            return
+        workspace.used = result.ended or self.clock()
+        self._announce(key, workspace, ready=True, used=workspace.used)
+
+    def restore_workspaces(self, kept: Mapping[str, Workspace]) -> None:
+        """Workspaces made before a restart: their idle time goes on from their last use."""
+        self.workspaces.update(kept)
+        if self.config.workspace_keep is None:
+            return
+        for key in kept:
+            if key not in self.conversations or self.conversations[key].idle:
+                self._keep(key)
+
+    def _keep(self, key: str) -> None:
+        keep = self.config.workspace_keep
+        workspace = self.workspaces.get(key)
+        if keep is None or workspace is None or key in self._idle_timers:
+            return
+        delay = max(0.0, workspace.used + keep - self.clock())
+        self._idle_timers[key] = self.schedule(delay, lambda: self._expire(key))
+
+    def _expire(self, key: str) -> None:
+        """`workspace_keep` has passed since the last run of `key`: remove its workspace,
+        unless a run of it is queued or running meanwhile."""
+        self._idle_timers.pop(key, None)
+        workspace = self.workspaces.get(key)
+        current = self.conversations.get(key)
+        if workspace is None or (current is not None and not current.idle):
+            return
+        if self._teardown is None or self.stopping:
+            return
+        self.tearing_down.add(key)
+
+        def done(removed: bool) -> None:
+            self.tearing_down.discard(key)
+            if removed:
+                self.workspaces.pop(key, None)
+                # with its last use: how long it was idle, for the status line
+                self._announce(key, workspace, ready=False, used=workspace.used)
+            else:  # kept, and tried again after another workspace_keep
+                workspace.used = self.clock()
+            waiting = self.conversations.get(key)
+            if waiting is not None:
+                waiting.wake()
+            elif not removed:
+                self._keep(key)
+
+        self._teardown(self.config, key, workspace.path, done)
+
+    def cancel_timers(self) -> None:
+        for cancel in self._idle_timers.values():
+            cancel()
+        self._idle_timers.clear()
+        self._cancel_unpause()

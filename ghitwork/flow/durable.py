@@ -1,0 +1,158 @@
+"""What the dispatcher keeps in state_dir: the snapshot of everything the flow holds, and the
+restore of it at start (queued events per conversation, sessions, workspaces, pauses, the
+conversations waiting for a human, the accounts whose usage limit is reached, the ledger and
+the dead letters). `self` is the Dispatcher (flow/dispatch.py)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ghitwork.bus.changes import (
+    AgentPaused,
+    AgentState,
+    DeadLettersLoaded,
+    EventsRestored,
+    Level,
+    UsageLoaded,
+)
+from ghitwork.flow.agent import Agent, Paused, Workspace
+from ghitwork.flow.routing import Pair
+from ghitwork.model.events import Event, Malformed, to_event
+from ghitwork.persist.saved import Saved, SavedAgent
+
+if TYPE_CHECKING:
+    from ghitwork.flow.dispatch import Dispatcher
+
+
+def _event(saved: dict[str, Any] | Event) -> Event | Malformed:
+    """A saved event: kept as its bytes (the journal's and snapshot's), or an object."""
+    return saved if isinstance(saved, Event) else to_event(saved, b"")
+
+
+def restore(self: Dispatcher, saved: Saved) -> list[Pair]:
+    """Session ids, workspaces and redelivery marks from the last run, and the saved
+    events, to be delivered before anything new, each in its conversation (as the config
+    says now: an instance upgraded from one conversation per agent, or switched to
+    threads, splits its saved events by thread). Agents no longer in the config keep
+    theirs, disabled."""
+    pairs: list[Pair] = []
+    self.ledger = saved.ledger
+    for agent in self.agents.values():
+        agent.ledger = self.ledger  # what their spend budgets read from now on
+    if self.ledger.agents:
+        self.publish(
+            UsageLoaded(
+                totals={name: a.total for name, a in self.ledger.agents.items()},
+                days={name: dict(a.days) for name, a in self.ledger.agents.items()},
+                conversations={
+                    name: dict(a.conversations) for name, a in self.ledger.agents.items()
+                },
+            )
+        )
+    for account, until in saved.quotas.items():
+        self.accounts.restore(account, until)
+    self.letters.load(saved.dead, saved.next_dead_letter)
+    if self.letters.kept:
+        self.publish(DeadLettersLoaded(letters=tuple(self.letters.kept.values())))
+    counts: dict[str, int] = {}
+    for name, kept in saved.agents.items():
+        agent = self.agent(name)
+        for conversation, session in kept.sessions.items():
+            agent.set_session(conversation, session)
+        agent.runs.extend(kept.runs)
+        events = [
+            e
+            for e in (_event(kept.pending[i]) for i in sorted(kept.pending))
+            if isinstance(e, Event)
+        ]
+        redelivered = kept.inflight & kept.pending.keys()
+        for conversation, part in agent.split(events):
+            mailbox = agent.conversation(conversation)
+            mailbox.redelivered.update(e.id for e in part if e.id in redelivered)
+            pairs.append(((name, conversation), part))
+        agent.restore_workspaces(
+            {key: Workspace(path, used) for key, (path, used) in kept.workspaces.items()}
+        )
+        _restore_humans(self, agent, kept)
+        if not events:
+            continue
+        counts[name] = len(events)
+        message = f"{len(events)} saved event(s) to deliver first"
+        if redelivered:
+            message += f", {len(redelivered)} of them redelivered (their run did not finish)"
+        if not agent.config.enabled:
+            message += "; the agent is not enabled in the config, so they stay saved"
+        self._notice(Level.INFO, "restore", message, name)
+    if pairs:  # queued from now on, whether or not the agent may run them
+        self.publish(EventsRestored(counts=counts))
+    return pairs
+
+
+def _restore_humans(self: Dispatcher, agent: Agent, kept: SavedAgent) -> None:
+    """A pause and the conversations waiting for a human, as the last run left them
+    (a pause whose --for ran out meanwhile is over)."""
+    for key, question in kept.asking.items():
+        agent.conversation(key).ask(question)
+    pause = kept.paused
+    if pause is None:
+        return
+    until = pause.get("until")
+    if until is not None and float(until) <= time.time():
+        self.publish(AgentPaused(agent=agent.name, paused=False, by="its --for ran out"))
+        return
+    agent.pause(
+        Paused(
+            reason=str(pause.get("reason") or ""),
+            until=None if until is None else float(until),
+            by=str(pause.get("by") or ""),
+            at=float(pause.get("at") or 0.0),
+        ),
+        restored=True,
+    )
+
+
+def snapshot(self: Dispatcher, cursor: int | None) -> Saved:
+    saved = Saved(
+        cursor=cursor,
+        dead=self.letters.records(),
+        next_dead_letter=self.letters.next_id,
+        ledger=self.ledger,
+        quotas={a: u for a in self.accounts.closed if (u := self.accounts.until(a))},
+    )
+    for name, agent in self.agents.items():
+        pending: dict[int, dict[str, Any] | Event] = {}
+        inflight: set[int] = set()
+        for conversation in agent.conversations.values():
+            for event in conversation.batch:
+                pending[event.id] = event
+                inflight.add(event.id)
+            for event in conversation.pending:
+                pending[event.id] = event
+            inflight.update(conversation.redelivered)
+        asking = {
+            key: c.question
+            for key, c in agent.conversations.items()
+            if c.state is AgentState.NEEDS_INPUT
+        }
+        paused = agent.paused
+        kept = pending or agent.sessions or agent.runs or agent.workspaces or asking
+        if not kept and paused is None:
+            continue
+        saved.agents[name] = SavedAgent(
+            pending=pending,
+            inflight=inflight & pending.keys(),
+            sessions=dict(agent.sessions),
+            runs=list(agent.runs),
+            workspaces={k: (w.path, w.used) for k, w in agent.workspaces.items()},
+            paused=None
+            if paused is None
+            else {
+                "until": paused.until,
+                "reason": paused.reason,
+                "by": paused.by,
+                "at": paused.at,
+            },
+            asking=asking,
+        )
+    return saved

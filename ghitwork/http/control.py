@@ -1,0 +1,264 @@
+"""The control routes of the HTTP side (SPEC §13), with `http_token_file`, each answering JSON:
+
+    POST /api/v1/agents/NAME/pause      {"reason": "...", "for": "2h"}, both optional
+    POST /api/v1/agents/NAME/resume     {"conversation": "thread:..."}, optional
+    POST /api/v1/agents/NAME/redeliver  every dead letter of the agent handed back
+    POST /api/v1/agents/NAME/kill       its running runs stopped (SIGTERM, then SIGKILL)
+
+They need `Authorization: Bearer TOKEN` (compared in constant time: 401 without it, 403
+wrong; 404 for an unknown agent), and a request whose Origin is another site's is refused
+(403): a page elsewhere can neither send the header without a preflight nobody answers, nor
+post from another origin. `http_auth = "all"` guards `/api/v1/state` and `/metrics` too
+(reads_guarded). Each control action is a status line (topic `control`) naming the action,
+the agent and the client.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from ghitwork.bus.changes import Level
+from ghitwork.model.durations import DurationError, clock_time, format_duration, parse_duration
+from ghitwork.model.formatting import iso
+from ghitwork.observe.status import Repeats
+
+MAX_BODY = 64 * 1024  # bytes: a control request's JSON body at most (reads have none)
+MAX_REASON = 500  # characters of a pause's reason
+ACTIONS = ("pause", "resume", "redeliver", "kill")
+FIELDS = {"pause": ("reason", "for"), "resume": ("conversation",), "redeliver": (), "kill": ()}
+
+
+class Controls(Protocol):
+    """What the control routes do to the running instance (the daemon's side: app/control.py,
+    Daemon.redeliver, Dispatcher.terminate). `by` names who asked ("http 127.0.0.1"); False
+    (or 0) when there was nothing to do it to."""
+
+    def pause(self, name: str, by: str, reason: str, until: float | None) -> bool: ...
+
+    def resume(self, name: str, by: str, conversation: str | None) -> bool: ...
+
+    def redeliver(self, name: str, by: str) -> int: ...  # every dead letter of the agent
+
+    def kill(self, name: str, by: str) -> bool: ...  # False: no run of it was working
+
+
+def client(request: web.Request) -> str:
+    """Who asked, as status lines name them: the peer's address, and what a proxy in front
+    says it forwarded for (only what the proxy says: behind one, the peer is the proxy)."""
+    peer = request.remote or "a client"
+    forwarded = request.headers.get("X-Forwarded-For", "").strip()
+    return f"{peer} (forwarded for {forwarded[:100]!r})" if forwarded else peer
+
+
+def same_origin(request: web.Request) -> bool:
+    """False for a browser's request sent by a page of another site: an Origin (or
+    Sec-Fetch-Site) that is not this server's own. A request without them (curl, a script)
+    is not a browser's cross-site one. The scheme is not compared (TLS may end at a proxy in
+    front, which passes the host it was asked for as Host or X-Forwarded-Host)."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return False  # "null": a sandboxed frame, a file, a redirect across sites
+    own = {request.headers.get("Host", "").lower()}
+    forwarded = request.headers.get("X-Forwarded-Host", "")
+    if forwarded:
+        own.add(forwarded.split(",")[0].strip().lower())
+    return parts.netloc.lower() in own
+
+
+class Guard:
+    """The bearer token of `http_token_file`: checked in constant time (hmac.compare_digest),
+    never taken from a cookie or the URL. A refusal is a status line, once a minute at most
+    per kind (a scanner, a misconfigured Prometheus), with a count."""
+
+    def __init__(self, token: str, repeats: Repeats) -> None:
+        self.token = token.encode()
+        self.repeats = repeats
+
+    def refused(self, request: web.Request, what: str) -> web.Response | None:
+        """None when `request` carries the token; else the answer (401 without one, 403 for
+        a wrong one), reported."""
+        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+        given = given.strip()
+        if scheme.lower() != "bearer" or not given:
+            return self._refuse(request, what, 401, "no bearer token (Authorization: Bearer TOKEN)")
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.token):
+            return self._refuse(request, what, 403, "wrong bearer token")
+        return None
+
+    def _refuse(self, request: web.Request, what: str, status: int, why: str) -> web.Response:
+        self.repeats(
+            ("auth", status),
+            Level.WARNING,
+            "http",
+            f"{what} from {client(request)} refused ({status}): {why}",
+        )
+        headers = {"WWW-Authenticate": 'Bearer realm="ghit-work"'} if status == 401 else {}
+        return answer(status, {"error": why}, headers)
+
+
+def answer(
+    status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(body) + "\n",
+        content_type="application/json",
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+def reads_guarded(guard: Guard, paths: Collection[str]) -> Middleware:
+    """`http_auth = "all"`: the reads in `paths` need the token too."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in paths:
+            refused = guard.refused(request, f"read of {request.path}")
+            if refused is not None:
+                return refused
+        return await handler(request)
+
+    return check
+
+
+def printable(text: str) -> bool:
+    """No control character: what a client sends may end up in a status line."""
+    return not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+
+
+class BadRequest(ValueError):
+    """A control request's body that cannot be done: its message says why (400)."""
+
+
+def request_fields(action: str, body: bytes) -> dict[str, Any]:
+    """A control request's JSON body (empty: none), checked for `action`."""
+    if not body.strip():
+        return {}
+    try:
+        fields = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body is not JSON (send a JSON object, or nothing)") from None
+    if not isinstance(fields, dict):
+        raise BadRequest("the body is not a JSON object")
+    allowed = FIELDS[action]
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        takes = ", ".join(f'"{name}"' for name in allowed) or "no field"
+        raise BadRequest(f"{action} takes {takes}; not {', '.join(map(repr, unknown))}")
+    return fields
+
+
+def pause_fields(fields: Mapping[str, Any], now: float) -> tuple[str, float | None]:
+    reason = fields.get("reason", "")
+    if not isinstance(reason, str):
+        raise BadRequest('"reason" is not a string')
+    if len(reason) > MAX_REASON or not printable(reason):
+        raise BadRequest(f'"reason" is one line of at most {MAX_REASON} printable characters')
+    lasting = fields.get("for")
+    if lasting is None:
+        return reason, None
+    try:
+        seconds = parse_duration(lasting)
+    except DurationError as error:
+        raise BadRequest(f'"for": {error}') from None
+    if seconds <= 0:
+        raise BadRequest('"for" must be more than 0 (or left out: paused until resumed)')
+    return reason, now + seconds
+
+
+def control_handler(
+    controls: Controls,
+    guard: Guard,
+    known: Callable[[], Collection[str]],
+    notice: Callable[[Level, str, str, str | None], None],
+    clock: Callable[[], float] = time.time,
+) -> Handler:
+    """POST /api/v1/agents/NAME/ACTION."""
+
+    async def control(request: web.Request) -> web.StreamResponse:
+        name, action = request.match_info["name"], request.match_info["action"]
+        who = client(request)
+        if not same_origin(request):
+            guard.repeats(
+                "origin",
+                Level.WARNING,
+                "http",
+                f"control request from {who} refused (403): sent by a page of another site "
+                f"(Origin {request.headers.get('Origin', '')[:100]!r})",
+            )
+            return answer(403, {"error": "cross-origin request refused"})
+        refused = guard.refused(request, f"{action} of agent {name!r}")
+        if refused is not None:
+            return refused
+        if name not in known():
+            return answer(404, {"error": f"no agent {name!r}"})
+        try:
+            fields = request_fields(action, await request.read())
+            reply = act(controls, action, name, f"http {who}", fields, clock())
+        except BadRequest as error:
+            return answer(400, {"error": str(error)})
+        if reply is None:
+            return answer(404, {"error": f"no agent {name!r}"})
+        status, body, said = reply
+        notice(Level.INFO, "control", f"{action} over HTTP from {who}: {said}", name)
+        return answer(status, {"agent": name, "action": action, **body})
+
+    return control
+
+
+def act(
+    controls: Controls,
+    action: str,
+    name: str,
+    by: str,
+    fields: Mapping[str, Any],
+    now: float,
+) -> tuple[int, dict[str, Any], str] | None:
+    """Do `action`: (status, the answer's fields, what the status line says), or None when
+    the agent is gone (removed by a reload meanwhile)."""
+    if action == "pause":
+        reason, until = pause_fields(fields, now)
+        if not controls.pause(name, by, reason, until):
+            return None
+        lasting = ""
+        if until is not None:
+            lasting = f" until {clock_time(until)} (for {format_duration(until - now)})"
+        said = f"paused{lasting}" + (f": {reason}" if reason else "")
+        shown = {"paused": True, "reason": reason, "until": None if until is None else iso(until)}
+        return 200, shown, said
+    if action == "resume":
+        conversation = fields.get("conversation")
+        thread = (
+            isinstance(conversation, str)
+            and conversation.startswith("thread:")
+            and len(conversation) <= MAX_REASON * 2
+            and printable(conversation)
+        )
+        if conversation is not None and conversation != "" and not thread:
+            raise BadRequest('"conversation" is a thread: scope, or "" for the agent\'s own')
+        if not controls.resume(name, by, conversation):
+            return None
+        said = "resumed" if conversation is None else f"woke {conversation or '(no thread)'}"
+        return 200, {"resumed": True, "conversation": conversation}, said
+    if action == "redeliver":
+        count = controls.redeliver(name, by)
+        said = f"{count} dead letter(s) handed back" if count else "no dead letters to hand back"
+        return 200, {"redelivered": count}, said
+    if controls.kill(name, by):
+        said = "its run stopped (SIGTERM, SIGKILL after the grace); its batch is a dead letter"
+        return 200, {"killed": True}, said
+    error = f"agent {name!r} is not working: nothing to stop"
+    return 409, {"killed": False, "error": error}, "not working: nothing to stop"

@@ -1,0 +1,393 @@
+"""One agent invocation: a subprocess in its own process group, fed the prompt on stdin.
+
+A run ends when the agent process exits, not when its pipes close: something it started in
+the background may hold stdout open for hours. After the exit its output is read for at most
+PIPE_GRACE seconds more; then whatever is left in its process group gets SIGTERM, and SIGKILL
+KILL_GRACE seconds later, while the agent's next batch is already free to start.
+
+stdout and stderr arrive through one protocol (no reader task per pipe), are archived to
+`logdir` when set and searched line by line (output.py); the ghit token is redacted from every
+byte ghit-work writes down.
+
+One run is one failure domain (SPEC §11): an exception while preparing, starting, reading,
+accounting or recording it (a log write on a full disk, a value the OS refuses, a bug in a
+callback) becomes the run's `fault`, outcome `error`, never an exception out of `run()` or into
+asyncio's handler. A run that faults while its agent runs has the agent ended (SIGTERM to its
+group, SIGKILL later) and waited for, so the process-group bookkeeping stays right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from ghitwork.model.quota import reset_at
+from ghitwork.model.results import RunResult
+from ghitwork.model.usage import Pricing, Tally
+from ghitwork.run.archive import LogFiles, Redactor, record_of, write_atomic
+from ghitwork.run.output import Findings, OutputSink, Patterns, Stream
+from ghitwork.system.children import marked
+from ghitwork.system.groups import KILL_GRACE as KILL_GRACE
+from ghitwork.system.groups import signal_group, terminate_group
+
+PIPE_GRACE = 2.0  # how long output is still read after the agent exited
+
+# `on_start(pgid)` when a process group starts, `on_gone(pgid)` once nothing of it is left.
+GroupHook = Callable[[int], None]
+NO_PATTERNS = Patterns()
+
+
+class Why(enum.Enum):
+    """Why ghit-work ended a run before the agent did."""
+
+    STOPPING = "ghit-work is stopping"  # not finished: its batch comes again
+    OPERATOR = "stopped by the operator"  # not retried: a dead letter at once
+    TIMEOUT = "timed out"
+    STALL = "stalled"
+    FAULT = "ghit-work failed watching it"  # the run's `fault` says how
+
+
+class _Protocol(asyncio.SubprocessProtocol):
+    def __init__(
+        self,
+        streams: dict[int, Stream],
+        loop: asyncio.AbstractEventLoop,
+        failed: Callable[[str, BaseException], None],
+    ) -> None:
+        self.streams = streams
+        self.failed = failed
+        self.broken = False  # reading failed once: the rest is read and dropped
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed: dict[int, asyncio.Future[None]] = {fd: loop.create_future() for fd in streams}
+        self.last_output = time.monotonic()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        self.last_output = time.monotonic()
+        stream = self.streams.get(fd)
+        if stream is None or not isinstance(data, bytes) or self.broken:
+            return
+        try:
+            stream.chunk(data)
+        except Exception as error:  # its logdir, a pattern, the forward callback: the run's
+            self.broken = True
+            self.failed(f"reading its {stream.name}", error)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        closed = self.closed.get(fd)
+        if closed is not None and not closed.done():
+            closed.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+class Invocation:
+    """One run of an agent command. `run()` never raises for agent failures."""
+
+    def __init__(
+        self,
+        *,
+        agent: str,
+        argv: Sequence[str],
+        prompt: str,
+        workdir: Path,
+        env: Mapping[str, str],
+        event_ids: Sequence[int],
+        timeout: float | None = None,
+        stall_timeout: float | None = None,
+        logdir: Path | None = None,
+        patterns: Patterns = NO_PATTERNS,
+        resumed: bool = False,
+        attempt: int = 1,
+        secrets: Sequence[str] = (),
+        forward: OutputSink | None = None,
+        on_start: GroupHook | None = None,
+        on_gone: GroupHook | None = None,
+        pricing: Pricing | None = None,
+        conversation: str = "",
+    ) -> None:
+        self.agent = agent
+        self.argv = tuple(argv)
+        self.prompt = prompt
+        self.workdir = workdir
+        self.env = dict(env)
+        self.event_ids = tuple(event_ids)
+        self.timeout = timeout
+        self.stall_timeout = stall_timeout
+        self.logdir = logdir
+        self.patterns = patterns
+        self.resumed = resumed
+        self.attempt = attempt
+        self.conversation = conversation
+        self.secrets = tuple(secrets)
+        self.forward = forward
+        self.on_start = on_start
+        self.on_gone = on_gone
+        self.pricing = pricing
+        self.pid: int | None = None
+        self.fault: str | None = None  # the first exception of ghit-work's own, as text
+        self._why: Why | None = None
+        self._exited = False  # the agent process exited: the run has ended
+        self._killer: asyncio.TimerHandle | None = None
+
+    def terminate(self, why: Why) -> None:
+        """SIGTERM to the agent's process group, SIGKILL after KILL_GRACE. Once the agent
+        has exited the run has ended as it did (a stop during the output drain does not
+        make an exit 0 `stopped`); what it left is ended after the drain."""
+        if self._exited:
+            return
+        if self._why is None or why is Why.STOPPING:
+            self._why = why
+        if self.pid is None:
+            return
+        if self._killer is None:
+            self._killer = terminate_group(self.pid, KILL_GRACE)
+        else:
+            signal_group(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the agent's process group now."""
+        if not self._exited:
+            self._why = self._why or Why.STOPPING
+        signal_group(self.pid, signal.SIGKILL)
+
+    def _failed(self, stage: str, error: BaseException) -> None:
+        """ghit-work's own failure while `stage` (an exception, not the agent's doing): the
+        run's fault; an agent still running is ended."""
+        if self.fault is None:
+            self.fault = f"{stage}: {_describe(error)}"
+        self.terminate(Why.FAULT)
+
+    async def run(self) -> RunResult:
+        """The run's result; never raises (but for cancellation): see the module's doc."""
+        started = time.time()
+        logs: LogFiles | None = None
+        if self.logdir is not None:
+            try:
+                logs = LogFiles.create(self.logdir, self.agent, started)
+                write_atomic(logs.path("prompt"), Redactor(self.secrets).text(self.prompt).encode())
+            except OSError as error:
+                return self._result(
+                    started, error=f"cannot write logs in {self.logdir}: {error.strerror or error}"
+                )
+            except Exception as error:
+                return self._result(started, fault=f"writing its prompt: {_describe(error)}")
+        try:
+            result, tally = await self._run(started, logs)
+        except Exception as error:  # _run has ended the agent before raising
+            self._failed("running it", error)
+            return self._result(
+                started, pid=self.pid, fault=self.fault, log_files=logs.all if logs else ()
+            )
+        if self.pricing is not None:
+            try:
+                charged = self.pricing.charge(self.agent, tally, result.session_id, result.ended)
+                result = result if charged is None else replace(result, charge=charged)
+            except Exception as error:
+                fault = f"accounting its usage: {_describe(error)}"
+                result = replace(result, fault=result.fault or fault)
+        if logs is not None:
+            try:
+                logs.write_record(record_of(result), self.secrets)
+            except Exception as error:
+                fault = f"writing its record {logs.path('json')}: {_describe(error)}"
+                result = replace(result, fault=result.fault or fault)
+        return result
+
+    def _result(self, started: float, **fields: object) -> RunResult:
+        return RunResult(
+            agent=self.agent,
+            event_ids=self.event_ids,
+            command=self.argv,
+            started=started,
+            ended=time.time(),
+            resumed=self.resumed,
+            attempt=self.attempt,
+            limits=(self.timeout, self.stall_timeout),
+            conversation=self.conversation,
+            **fields,  # type: ignore[arg-type]
+        )
+
+    async def _run(self, started: float, logs: LogFiles | None) -> tuple[RunResult, Tally]:
+        files = logs.all if logs else ()
+        if not self.workdir.is_dir():
+            error = f"workdir {self.workdir} does not exist"
+            return self._result(started, error=error, log_files=files), Tally()
+        findings = Findings()
+        streams: dict[int, Stream] = {}
+        try:
+            for fd, name in ((1, "stdout"), (2, "stderr")):
+                sink = open(logs.path(name), "wb") if logs else None  # noqa: SIM115 Stream.close
+                streams[fd] = Stream(
+                    name, sink, Redactor(self.secrets), self.patterns, findings, self.forward
+                )
+        except Exception as error:
+            self._close(streams)
+            fault = f"opening its logs: {_describe(error)}"
+            return self._result(started, fault=fault, log_files=files), findings.tally
+        loop = asyncio.get_running_loop()
+        try:
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _Protocol(streams, loop, self._failed),
+                *self.argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=self.workdir,
+                env=marked(self.env),  # recognisable from its first instruction (children.py)
+                start_new_session=True,
+            )
+        except OSError as error:
+            self._close(streams)
+            error_text = _cannot_start(self.argv[0], error)
+            return self._result(started, error=error_text, log_files=files), findings.tally
+        except Exception as error:  # a value the OS refuses (a NUL byte), a bug: nothing runs
+            self._close(streams)
+            fault = f"starting {self.argv[0]}: {_describe(error)}"
+            return self._result(started, fault=fault, log_files=files), findings.tally
+        self.pid = transport.get_pid()
+        try:
+            if self.on_start is not None:
+                self.on_start(self.pid)
+            stdin = transport.get_pipe_transport(0)
+            if isinstance(stdin, asyncio.WriteTransport):
+                stdin.write(self.prompt.encode())
+                stdin.close()  # after the buffered prompt is written: the agent sees EOF
+        except Exception as error:
+            self._failed("starting it", error)
+        if self._why is not None:
+            self.terminate(self._why)
+        try:
+            await self._watch(protocol)
+        except asyncio.CancelledError:
+            self.terminate(Why.STOPPING)
+            await asyncio.shield(protocol.exited)
+            self._exited = True
+            self._finish(loop, transport, streams)
+            raise
+        except Exception as error:  # watching it failed: it is ended all the same
+            self._failed("watching it", error)
+            await asyncio.shield(protocol.exited)  # SIGKILL comes KILL_GRACE after SIGTERM
+        finally:
+            self._exited = True
+            if self._killer is not None:
+                self._killer.cancel()
+        # The agent has exited: its own status and duration. Read what is still in the pipes
+        # for a moment, then end whatever it left behind in its group.
+        ended = time.time()
+        try:
+            await asyncio.wait(list(protocol.closed.values()), timeout=PIPE_GRACE)
+        finally:  # (cancelled too: what it left is ended, its files closed)
+            self._finish(loop, transport, streams)
+        code = transport.get_returncode()
+        why = self._why
+        failed = not (code == 0 and why is None)
+        quota = reset_at(findings.reset, ended) if failed and findings.reset else None
+        result = RunResult(
+            agent=self.agent,
+            event_ids=self.event_ids,
+            command=self.argv,
+            started=started,
+            ended=ended,
+            pid=self.pid,
+            returncode=code if code is not None and code >= 0 else None,
+            signal=-code if code is not None and code < 0 else None,
+            fault=self.fault,
+            timed_out=why is Why.TIMEOUT,
+            stalled=why is Why.STALL,
+            stopped=why is Why.STOPPING,
+            operator_stopped=why is Why.OPERATOR,
+            rate_limited=failed and findings.rate_limited and why not in (Why.STOPPING, Why.FAULT),
+            needs_input=findings.needs_input and why not in (Why.STOPPING, Why.FAULT),
+            question=findings.question,
+            retry_after=findings.retry_after,
+            quota_until=quota,
+            limit_line=findings.limit_line if quota is not None else "",
+            session_id=findings.session_id,
+            resumed=self.resumed,
+            attempt=self.attempt,
+            log_files=files,
+            last_stderr=streams[2].last_line,
+            limits=(self.timeout, self.stall_timeout),
+            conversation=self.conversation,
+        )
+        return result, findings.tally
+
+    def _finish(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transport: asyncio.SubprocessTransport,
+        streams: dict[int, Stream],
+    ) -> None:
+        """After the agent's exit: what it left is ended, its pipes and files closed."""
+        try:
+            self._end_leftovers(loop)
+        except Exception as error:
+            self._failed("ending what it left running", error)
+        transport.close()
+        self._close(streams)
+
+    def _close(self, streams: dict[int, Stream]) -> None:
+        for stream in streams.values():
+            try:
+                stream.close()
+            except Exception as error:
+                self._failed(f"closing its {stream.name}", error)
+
+    async def _watch(self, protocol: _Protocol) -> None:
+        """Until the agent process exits, ending it when it runs past `timeout` or prints
+        nothing for `stall_timeout`."""
+        began = time.monotonic()
+        while not protocol.exited.done():
+            deadlines: list[tuple[float, Why]] = []
+            if self._why is None:
+                if self.timeout is not None:
+                    deadlines.append((began + self.timeout, Why.TIMEOUT))
+                if self.stall_timeout is not None:
+                    deadlines.append((protocol.last_output + self.stall_timeout, Why.STALL))
+            wait = None
+            if deadlines:
+                due, why = min(deadlines, key=lambda deadline: deadline[0])
+                wait = due - time.monotonic()
+                if wait <= 0:
+                    self.terminate(why)
+                    continue
+            await asyncio.wait([protocol.exited], timeout=wait)
+
+    def _end_leftovers(self, loop: asyncio.AbstractEventLoop) -> None:
+        """SIGTERM what is left of the run's process group; SIGKILL it KILL_GRACE later."""
+        pgid = self.pid
+        if pgid is not None:
+            terminate_group(pgid, KILL_GRACE, then=lambda: self._gone(pgid))
+
+    def _gone(self, pgid: int) -> None:
+        if self.on_gone is None:
+            return
+        try:
+            self.on_gone(pgid)
+        except Exception as error:  # later than the result: kept on the invocation
+            self.fault = self.fault or f"forgetting its process group: {_describe(error)}"
+
+
+def _describe(error: BaseException) -> str:
+    """An exception as one line: its type and message (an OSError: its reason and file)."""
+    if isinstance(error, OSError) and error.strerror:
+        text = error.strerror + (f": {error.filename}" if error.filename else "")
+    else:
+        lines = str(error).splitlines()
+        text = lines[0][:300] if lines else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _cannot_start(command: str, error: OSError) -> str:
+    if isinstance(error, FileNotFoundError):
+        return f"command not found: {command}"
+    if isinstance(error, PermissionError):
+        return f"permission denied: {command}"
+    return f"cannot start {command}: {error.strerror or error}"

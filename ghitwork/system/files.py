@@ -1,0 +1,79 @@
+"""Files ghit-work writes in state_dir and logdir: owner-only, whatever the umask (SPEC §11).
+
+They hold events, prompts and agent output. A directory ghit-work creates is 0700; one that
+exists already (made by an image with the group bits of the group-0 convention, or by the
+operator) is left as it is. Every file ghit-work writes there is 0600, set on the open (and by
+fchmod, so neither the umask nor an older file's mode decides).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def make_dir(path: Path) -> None:
+    """Create `path` and its missing parents, owner-only. Existing ones are kept as they are."""
+    missing: list[Path] = []
+    current = path
+    while not current.is_dir() and current.parent != current:
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIR_MODE)
+        except FileExistsError:
+            if directory.is_dir():
+                continue  # made meanwhile by another process: not ours to change
+            raise
+        os.chmod(directory, DIR_MODE)  # the umask may have taken bits off (or left too many)
+
+
+def open_fd(path: Path, flags: int) -> int:
+    """`os.open(path, flags | O_CREAT)` for a file that is 0600, new or not."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    with contextlib.suppress(PermissionError):  # not ours (another user's): left as it is
+        os.fchmod(fd, FILE_MODE)
+    return fd
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data` (a short write is continued; an error is raised)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_atomic(path: Path, data: bytes, sync: bool = True) -> None:
+    """Write `data` to `path`, 0600, so a reader sees the old file or the new one, never
+    half: a temp file beside it, fsynced (unless `sync` is false), renamed over it. When it
+    fails, the temp file is removed (on a full disk, it would hold the space) and the
+    OSError raised."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = open_fd(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            write_all(fd, data)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def move_aside(path: Path, suffix: str) -> str:
+    """Rename `path` to `<name>.<suffix>` beside it; says where it went, or why it could not."""
+    aside = path.with_name(f"{path.name}.{suffix}")
+    try:
+        path.rename(aside)
+    except OSError as error:
+        return f"it could not be moved aside: {error.strerror or error}"
+    return f"moved aside as {aside}"
