@@ -20,7 +20,7 @@ from ghitwork.bus.changes import (
     UsageLoaded,
 )
 from ghitwork.model.durations import format_duration
-from ghitwork.observe.lines import Line, count_events, describe
+from ghitwork.observe.line import Line, count_events, describe
 
 
 @describe.register

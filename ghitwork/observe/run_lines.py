@@ -20,7 +20,7 @@ from ghitwork.flow.policy import describe_retry
 from ghitwork.model.conversations import shown
 from ghitwork.model.durations import clock_time, format_duration
 from ghitwork.model.formatting import id_ranges
-from ghitwork.observe.lines import Line, count_events, describe, only_info, timestamp
+from ghitwork.observe.line import Line, count_events, describe, only_info, timestamp
 
 
 def _finished(change: RunFinished) -> Line:

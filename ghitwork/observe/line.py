@@ -1,0 +1,64 @@
+"""A status line and the function that makes one: `describe` (one handler per Change type,
+registered by observe/run_lines.py and observe/notice_lines.py) turns a change into a `Line`.
+Import `describe` from observe/lines.py, which imports the handlers with it."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+from ghitwork.bus.changes import (
+    Change,
+    Level,
+)
+from ghitwork.model.events import Event
+from ghitwork.model.formatting import iso
+
+LEVELS = {Level.DEBUG: 10, Level.INFO: 20, Level.WARNING: 30, Level.ERROR: 40}
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    level: Level
+    event: str  # a stable name for log shippers: agent.state, run.start, source.retry, ...
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def count_events(count: int) -> str:
+    return f"{count} event" + ("" if count == 1 else "s")
+
+
+def routed_line(event: Event, agents: tuple[str, ...]) -> Line:
+    """The debug line of one event read from the stream."""
+    who = ", ".join(agents) if agents else "no agent"
+    by = f" by {event.actor}" if event.actor else ""
+    return Line(
+        Level.DEBUG,
+        "event.routed",
+        f"event {event.id} {event.kind}{by} in {' '.join(event.scopes)} -> {who}",
+        {
+            "event_id": event.id,
+            "kind": event.kind,
+            "actor": event.actor,
+            "scopes": list(event.scopes),
+            "agents": list(agents),
+        },
+    )
+
+
+@functools.singledispatch
+def only_info(change: Change) -> bool:
+    """A change whose line is INFO for sure, told without building it: under --log-level
+    warning a catch-up's thousands of run lines cost nothing."""
+    return False
+
+
+@functools.singledispatch
+def describe(change: Change) -> Line | None:
+    """The status line of a change (None: it has none): one handler per Change type."""
+    return None
+
+
+timestamp = iso  # a status line's time: UTC, milliseconds, "Z"
