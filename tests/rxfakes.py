@@ -18,7 +18,6 @@ from ghitwork.config import prompt
 from ghitwork.config.model import AgentConfig
 from ghitwork.flow import pipeline
 from ghitwork.flow.agent import Agent
-from ghitwork.flow.conversation import Conversation
 from ghitwork.flow.letters import DeadLetters
 from ghitwork.flow.routing import Matcher, Slots
 from ghitwork.model.deadletter import DeadLetter
@@ -125,11 +124,8 @@ class FakeAgents:
     def split(self, name: str, events: Sequence[Event]) -> list[tuple[str, tuple[Event, ...]]]:
         return self.agents[name].split(events)
 
-    def mailbox(self, key: tuple[str, str]) -> Conversation:
-        return self.agents[key[0]].conversation(key[1])
-
-    def ended(self, key: tuple[str, str]) -> Observable[None]:
-        return self.mailbox(key).ended
+    def mailbox(self, agent: str) -> Agent:
+        return self.agents[agent]
 
     def concurrency(self, name: str) -> int:
         config = self.agents[name].config

@@ -233,7 +233,7 @@ class Daemon:
                 self._ticks.cancel()
             await self.notifier.close()  # sends under way get a second; the rest waits
             with contextlib.suppress(Exception):  # reported by snapshot.py itself
-                self.snapshots.write_if_changed()
+                self.snapshots.write_if_changed(now=True)
             if not shutdown.save(
                 self.store,
                 self.dispatcher.snapshot(self.intake.routed),

@@ -71,7 +71,7 @@ class Intake:
             if not self.injected.is_stopped:
                 self.injected.on_next((key, events))  # gives the conversation a group
             else:  # the flow is draining: kept queued, saved at the stop
-                dispatcher.mailbox(key).merge(events)
+                dispatcher.agent(key[0]).conversation(key[1]).merge(events)
         return count
 
     def take_requests(self, state_dir: Path, dispatcher: Dispatcher, bus: StateBus) -> None:

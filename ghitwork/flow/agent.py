@@ -15,6 +15,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from reactivex import Observable
 
@@ -104,6 +105,13 @@ class Agent:
         self.paused: Paused | None = None
         self.accounts = accounts  # SPEC §14: whose usage limits are reached
         self._unpause: Callable[[], None] | None = None  # the --for timer
+        # The agent's group in the pipeline (routing.batch_while_busy): where its
+        # conversations ask for runs, and how its part of the flow ends at a stop or a
+        # drain's end, once none of its conversations has a run outstanding.
+        self.request: Callable[[Observable[Any]], None] | None = None
+        self.closing = False
+        self._complete: Callable[[], None] | None = None
+        self._open: set[str] = set()  # conversations not yet finished when it closed
 
     # -- conversations
     def conversation(self, key: str) -> Conversation:
@@ -111,6 +119,35 @@ class Agent:
         if found is None:
             found = self.conversations[key] = Conversation(self, key)
         return found
+
+    # -- the Mailbox protocol of routing.batch_while_busy: the agent's group of the pipeline
+    def attach(
+        self, request: Callable[[Observable[Any]], None], complete: Callable[[], None]
+    ) -> None:
+        self.request, self._complete = request, complete
+        for conversation in list(self.conversations.values()):
+            conversation.wake()  # restored before the group existed
+
+    def add(self, key: str, events: Sequence[Event]) -> None:
+        self.conversation(key).add(events)
+
+    def close(self) -> None:
+        """Nothing more comes (a stop, a drain's end): the group ends once every
+        conversation's outstanding run has ended."""
+        self.closing = True
+        self._open = {key for key, found in self.conversations.items() if not found.finished}
+        self._end_if_done()
+
+    def finish(self, conversation: Conversation) -> None:
+        """Closing: `conversation` may have finished its part."""
+        if conversation.finished or self.conversations.get(conversation.key) is not conversation:
+            self._open.discard(conversation.key)
+        self._end_if_done()
+
+    def _end_if_done(self) -> None:
+        if self.closing and not self._open and self._complete is not None:
+            complete, self._complete = self._complete, None
+            complete()
 
     def split(self, events: Sequence[Event]) -> list[tuple[str, tuple[Event, ...]]]:
         """`events` per conversation of this agent."""
@@ -152,8 +189,8 @@ class Agent:
             conversation.reconfigure()
 
     def settled(self, conversation: Conversation) -> None:
-        """A conversation has nothing to do for now: in thread mode it is dropped (its group
-        in the pipeline ends), and its workspace's idle time starts."""
+        """A conversation has nothing to do for now: in thread mode it is dropped, and its
+        workspace's idle time starts."""
         if not conversation.idle:
             return
         key = conversation.key
@@ -162,7 +199,8 @@ class Agent:
         if not self.config.threads or self.conversations.get(key) is not conversation:
             return
         del self.conversations[key]
-        conversation.ended.on_completed()
+        if self.closing:
+            self.finish(conversation)
 
     # -- pause and resume (SPEC §13)
     def pause(self, paused: Paused, restored: bool = False) -> None:

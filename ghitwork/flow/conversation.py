@@ -21,12 +21,11 @@ Everything runs on the asyncio loop's thread.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import reactivex
 from reactivex import Observable
 from reactivex import operators as ops
-from reactivex.subject import Subject
 
 from ghitwork.bus.changes import BATCH_SHOWN, AgentChanged, AgentState, RunFinished, RunStarted
 from ghitwork.config.model import AgentConfig
@@ -60,13 +59,7 @@ class Conversation:
         self.due: float | None = None  # when a retry or a throttled run may start
         self.outstanding = False  # a run is requested (queued for a slot) or working
         self.question: str | None = None  # in needs-input: what its last run asked
-        # Completed when the conversation is dropped (idle, nothing queued): its group in
-        # the pipeline ends with it (group_by_until's duration).
-        self.ended: Subject[None] = Subject()
         self._timer: Callable[[], None] | None = None
-        self._request: Callable[[Observable[RunResult]], None] | None = None
-        self._complete: Callable[[], None] | None = None
-        self._closing = False
 
     @property
     def config(self) -> AgentConfig:
@@ -96,13 +89,6 @@ class Conversation:
             self._set(AgentState.IDLE)
         self.wake()
 
-    # -- the Mailbox protocol used by routing.batch_while_busy
-    def attach(
-        self, request: Callable[[Observable[Any]], None], complete: Callable[[], None]
-    ) -> None:
-        self._request, self._complete = request, complete
-        self.wake()
-
     def add(self, events: Sequence[Event]) -> None:
         self.merge(events)
         self.wake()
@@ -117,10 +103,6 @@ class Conversation:
             self.pending = [merged[i] for i in sorted(merged)]
         else:
             pending.extend(events)
-
-    def close(self) -> None:
-        self._closing = True
-        self._complete_if_done()
 
     # -- decisions
     @property
@@ -140,7 +122,8 @@ class Conversation:
     def wake(self, was: AgentState | None = None) -> bool:
         """Request a run when there is something to do and nothing outstanding. `was`: the
         state to report it came from, when not the current one."""
-        if self.outstanding or not self.pending or not self.runnable or self._request is None:
+        request = self.agent.request
+        if self.outstanding or not self.pending or not self.runnable or request is None:
             return False
         if self.key in self.agent.tearing_down:
             return False  # its workspace is being removed; the end of that wakes it
@@ -155,7 +138,7 @@ class Conversation:
             return False
         self.outstanding = True
         self._set(AgentState.QUEUED, was=was)
-        self._request(reactivex.defer(lambda _scheduler: self._start()))
+        request(reactivex.defer(lambda _scheduler: self._start()))
         return True
 
     def _closed(self, was: AgentState | None = None) -> bool:
@@ -353,11 +336,15 @@ class Conversation:
             self._complete_if_done()
             agent.settled(self)
 
+    @property
+    def finished(self) -> bool:
+        """Nothing outstanding, and no retry or throttled run waiting with events: at a stop
+        or a drain's end, its part of the agent's flow is over."""
+        return not self.outstanding and not (self.state in WAITING and self.pending)
+
     def _complete_if_done(self) -> None:
-        waiting = self.state in WAITING and bool(self.pending)
-        if self._closing and not self.outstanding and not waiting and self._complete is not None:
-            complete, self._complete = self._complete, None
-            complete()
+        if self.agent.closing:
+            self.agent.finish(self)
 
     def ask(self, question: str | None) -> None:
         """In needs-input since before a restart (state_dir kept it)."""

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import reactivex
 from reactivex import Observable
@@ -32,7 +31,6 @@ from ghitwork.config.model import AgentConfig, Config, secret_values
 from ghitwork.flow import durable
 from ghitwork.flow.accounts import Accounts
 from ghitwork.flow.agent import Agent, call_later
-from ghitwork.flow.conversation import Conversation
 from ghitwork.flow.letters import DeadLetters
 from ghitwork.flow.routing import Key, Matcher, Pair
 from ghitwork.flow.workspaces import Workspaces
@@ -84,12 +82,8 @@ class Dispatcher:
             agent = self._agent(agent_config) if agent_config else self._removed_agent(name)
         return agent
 
-    def mailbox(self, key: Key) -> Conversation:
-        name, conversation = key
-        return self.agent(name).conversation(conversation)
-
-    def ended(self, key: Key) -> Observable[Any]:
-        return self.mailbox(key).ended
+    def mailbox(self, name: str) -> Agent:
+        return self.agent(name)
 
     def split(self, name: str, events: Sequence[Event]) -> list[tuple[str, tuple[Event, ...]]]:
         return self.agent(name).split(events)

@@ -134,14 +134,14 @@ def fan_out(
 
 
 class Mailbox(Protocol):
-    """Per-conversation batching state (flow/conversation.py): it decides when a run is
-    requested."""
+    """An agent's batching state (flow/agent.py, one state machine per conversation in
+    flow/conversation.py): it decides when a run of which conversation is requested."""
 
     def attach(
         self, request: Callable[[Observable[_T]], None], complete: Callable[[], None]
     ) -> None: ...
 
-    def add(self, events: Sequence[Event]) -> None: ...
+    def add(self, conversation: str, events: Sequence[Event]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -149,10 +149,12 @@ class Mailbox(Protocol):
 def batch_while_busy(
     mailbox: Mailbox, agent: str
 ) -> Callable[[Observable[Pair]], Observable[Request[_T]]]:
-    """One conversation's events -> deferred runs of `agent`, one outstanding at a time.
+    """One agent's (conversation, events) pairs -> deferred runs of `agent`, one outstanding
+    at a time per conversation.
 
-    The mailbox keeps the events; while a run is outstanding (waiting for a slot or working)
-    new events wait in it and become the next batch. The batch is taken when the run starts.
+    The mailbox keeps the events of each conversation; while a run of a conversation is
+    outstanding (waiting for a slot or working) its new events wait and become its next
+    batch. The batch is taken when the run starts.
     """
 
     def operator(source: Observable[Pair]) -> Observable[Request[_T]]:
@@ -165,7 +167,7 @@ def batch_while_busy(
 
             mailbox.attach(request, observer.on_completed)
             return source.subscribe(
-                lambda pair: mailbox.add(pair[1]),  # the agent's events of one burst
+                lambda pair: mailbox.add(pair[0][1], pair[1]),  # a conversation's events
                 observer.on_error,
                 mailbox.close,
                 scheduler=scheduler,

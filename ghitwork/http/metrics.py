@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -58,25 +58,31 @@ class Counts:
         self.runs: Counter[tuple[str, str]] = Counter()
         self.durations: dict[str, Histogram] = {}
         self.stream_starts = 0
+        self._handle: Callable[[Change], None] = (
+            self._on
+        )  # bound once: 3.11's singledispatchmethod builds a new wrapper at every access
+
+    def __call__(self, change: Change) -> None:
+        self._handle(change)
 
     @functools.singledispatchmethod
-    def __call__(self, change: Change) -> None:
+    def _on(self, change: Change) -> None:
         pass
 
-    @__call__.register
+    @_on.register
     def _routed(self, change: EventsRouted) -> None:
         self.events += len(change.routes)
         for _, agents in change.routes:
             for agent in agents:
                 self.deliveries[agent] += 1
 
-    @__call__.register
+    @_on.register
     def _finished(self, change: RunFinished) -> None:
         result = change.result
         self.runs[(change.agent, result.outcome)] += 1
         self.durations.setdefault(change.agent, Histogram()).observe(result.duration)
 
-    @__call__.register
+    @_on.register
     def _started(self, change: SourceStarted) -> None:
         self.stream_starts += 1
 

@@ -35,6 +35,7 @@ from ghitwork.system.files import move_aside, write_atomic
 FILE = "status.json"
 REFRESH = 1.0  # seconds: the snapshot file is rewritten at most this often
 FRESH = 0.25  # seconds: the API serves a snapshot at most this old (a rebuild costs the loop)
+SHARE = 0.05  # of the loop's time, at most, spent rewriting status.json (a large one waits)
 RECENT_EVENTS = 50
 ATTENTION = 50
 
@@ -186,6 +187,7 @@ class Snapshots:
         self._written: tuple[int, int | None] | None = None
         self._failing: str | None = None  # the write error reported, until a write succeeds
         self._cached: tuple[tuple[int, int | None], float, bytes] | None = None
+        self._next = 0.0  # no write before (time.monotonic), however much changed
 
     def current(self) -> dict[str, Any]:
         return build(self.model.view(), self.cursor(), self.clock())
@@ -202,12 +204,22 @@ class Snapshots:
             self._cached = cached = (key, now, data)
         return cached[2]
 
-    def write_if_changed(self) -> None:
+    def write_if_changed(self, now: bool = False) -> None:
         """Rewrite status.json (0600) if something changed, or if it is gone (a reader moved
         an unreadable one aside). A write that fails is reported once per distinct error,
-        and tried again at the next call."""
+        and tried again at the next call.
+
+        A large snapshot is rewritten less often than at every call: the next write waits
+        until the loop has spent at most `SHARE` of its time on them (a catch-up into 19,000
+        conversations makes a 150 ms snapshot, rewritten every 3 s instead of every
+        second; one of a few agents, under a millisecond, is written at every call). `now`:
+        at once whatever it cost (the stop's last write); a file gone is written at once too."""
         key = (self.model.version, self.cursor())
-        if key == self._written and self.path.exists():
+        there = self.path.exists()
+        if key == self._written and there:
+            return
+        started = time.monotonic()
+        if there and not now and started < self._next:
             return
         data = self.body(fresh=0.0)
         try:
@@ -227,6 +239,7 @@ class Snapshots:
             if self.report is not None:
                 self.report("info", f"state_dir {self.path.parent}: {FILE} written again")
         self._written = key
+        self._next = started + (time.monotonic() - started) / SHARE
 
 
 def read(state_dir: Path, report: Callable[[str], None] | None = None) -> dict[str, Any] | None:

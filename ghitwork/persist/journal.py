@@ -47,6 +47,9 @@ class Journal:
         self.store = store
         self.bus = bus
         self.snapshot = snapshot
+        self._handle: Callable[[Change], None] = (
+            self._on
+        )  # bound once: 3.11's singledispatchmethod builds a new wrapper at every access
         self.queued = queued
         self.catching_up = catching_up  # tail-events has more output waiting
         self._sessions: dict[tuple[str, str], str | None] = {}  # (agent, conversation)
@@ -72,24 +75,27 @@ class Journal:
         self._commit(sync=False)
 
     # -- one handler per Change type (the others are not journaled)
-    @functools.singledispatchmethod
     def __call__(self, change: Change) -> None:
+        self._handle(change)
+
+    @functools.singledispatchmethod
+    def _on(self, change: Change) -> None:
         pass
 
-    @__call__.register
+    @_on.register
     def _routed(self, change: EventsRouted) -> None:
         last = self.store.record_events(change.routes)
         if last is not None:
             self._journaled = last
 
-    @__call__.register
+    @_on.register
     def _started(self, change: RunStarted) -> None:
         self.store.record(
             {"start": change.agent, "ids": list(change.event_ids), "at": round(change.at, 3)}
         )
         self._commit(sync=False)
 
-    @__call__.register
+    @_on.register
     def _finished(self, change: RunFinished) -> None:
         # Done means succeeded, or safely a dead letter: a batch waiting for its retry
         # stays pending in the journal, and comes again after a crash.
@@ -117,7 +123,7 @@ class Journal:
             self.store.record(record)
         self._commit(sync=change.dead_letter is not None)
 
-    @__call__.register
+    @_on.register
     def _changed(self, change: AgentChanged) -> None:
         if change.old is AgentState.NEEDS_INPUT and change.new is not AgentState.NEEDS_INPUT:
             record: dict[str, object] = {"answered": change.agent}
@@ -126,7 +132,7 @@ class Journal:
             self.store.record(record)
             self._commit(sync=False)
 
-    @__call__.register
+    @_on.register
     def _paused(self, change: AgentPaused) -> None:
         if change.restored:
             return  # in state_dir already
@@ -138,14 +144,14 @@ class Journal:
         self.store.record(record)
         self._commit(sync=True)  # a pause is an operator's word: on disk before it is done
 
-    @__call__.register
+    @_on.register
     def _quota(self, change: QuotaChanged) -> None:
         if change.restored:
             return  # in state_dir already
         self.store.record({"quota": change.account, "until": change.until})
         self._commit(sync=True)
 
-    @__call__.register
+    @_on.register
     def _workspace(self, change: WorkspaceChanged) -> None:
         record: dict[str, object] = {"ws": change.agent, "ready": change.ready}
         if change.conversation:
@@ -156,7 +162,7 @@ class Journal:
         self.store.record(record)
         self._commit(sync=False)
 
-    @__call__.register
+    @_on.register
     def _redelivered(self, change: DeadLettersRedelivered) -> None:
         for letter in change.letters:
             self.store.record({"redeliver": letter.id})
