@@ -15,6 +15,7 @@ import pytest
 
 from ghitwork.bus.changes import Notice, StateBus
 from ghitwork.model.events import Event
+from ghitwork.persist import saved as saved_module
 from ghitwork.persist.journal import Journal
 from ghitwork.persist.saved import Saved, SavedAgent
 from ghitwork.persist.store import MIN_COMPACT_BYTES, PUT_OFF, StateDirError, StateWriteError, Store
@@ -439,3 +440,36 @@ def test_the_deferred_fsync_runs_off_the_loop_on_its_own_descriptor(
     assert len(synced) == 2
     assert [n.message for n in notices] == [f"cannot sync {tmp_path}: Input/output error"]
     store.close()
+
+
+def test_a_snapshot_is_written_in_pieces_and_reads_back_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot is written a few queued events at a time (never held whole): pieces of
+    any size, an agent with nothing queued, one piece orjson refuses, all read back as one
+    document."""
+    monkeypatch.setattr(saved_module, "CHUNK", 3)
+    store, saved, _ = opened(tmp_path)
+    printed = {i: b'{"id": %d, "kind": "k"}' % i for i in range(1, 11)}
+    saved.agents["a"] = SavedAgent(
+        pending={i: Event(i, "k", None, (), None, printed[i]) for i in range(1, 8)},
+        sessions={"": "s-a", "thread:x/1": "s-x"},
+    )
+    saved.agents["b"] = SavedAgent(pending={8: {"id": 8, "kind": "k", "big": 2**70}})
+    saved.agents["c"] = SavedAgent(runs=[1.5])  # nothing queued, still kept
+    saved.cursor = 10
+    store.compact(saved)
+    store.close()
+    document = json.loads((tmp_path / "state.json").read_bytes())
+    assert [e["id"] for e in document["agents"]["a"]["pending"]] == list(range(1, 8))
+    assert document["agents"]["a"]["sessions"] == {"thread:x/1": "s-x"}
+    assert document["agents"]["b"]["pending"] == [{"id": 8, "kind": "k", "big": 2**70}]
+    assert document["agents"]["c"] == {**document["agents"]["c"], "pending": [], "runs": [1.5]}
+    assert document["cursor"] == 10 and "dead_letters" in document
+    assert printed[4] in (tmp_path / "state.json").read_bytes()  # spliced in as printed
+    reopened, loaded, reports = opened(tmp_path)
+    reopened.close()
+    assert reports == []
+    assert sorted(loaded.agents["a"].pending) == list(range(1, 8))
+    assert loaded.agents["a"].sessions == {"": "s-a", "thread:x/1": "s-x"}
+    assert loaded.cursor == 10

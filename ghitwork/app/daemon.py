@@ -3,8 +3,8 @@ dir and the signals.
 
 Start: lock and load state_dir, deliver saved events first, then tail from the cursor.
 SIGHUP: reload the same config file (a bad one is reported and the old one kept).
-SIGTERM/SIGINT: stop reading, terminate running agents (SIGKILL after a grace period), save,
-exit 0; a second SIGINT kills the agents at once.
+SIGTERM/SIGINT: stop reading, end running agents (SIGKILL after a grace), save, exit 0; a
+second SIGINT kills the agents at once.
 
 Failure containment (SPEC §11, docs/containment.md): one run's fault is that run's result;
 what cannot be contained (routing, the journal, the event reader, the state bus) is fatal:
@@ -48,6 +48,7 @@ from ghitwork.system.children import Children, end_left_behind
 # Redelivery requests are taken within this (SPEC: 2 s); the status snapshot is rewritten at
 # most this often.
 TICK = min(requests.POLL, snapshot.REFRESH)
+RESTORED_AT_ONCE = 500  # saved conversations queued between two turns of the loop
 
 
 class Daemon:
@@ -166,19 +167,15 @@ class Daemon:
             self.store.close()
 
     async def _started(self, loop: asyncio.AbstractEventLoop, saved: Saved) -> Exit:
-        # Single flight across a crash: nothing a previous instance started still runs
-        # when this one starts delivering.
+        # Single flight across a crash: what a previous instance started is ended first.
         await end_left_behind(
             self.children.path or self.config.state_dir / "children",
             lambda message: self.bus.notice(Level.WARNING, "start", message),
         )
         missing = checks.tail_cmd_problem(self.config, self.environ)
         if missing is not None:  # no retrying a command that does not exist: said plainly
-            self.bus.notice(
-                Level.ERROR,
-                "tail-events",
-                f"cannot start: {missing}; nothing was started (exit status 2)",
-            )
+            message = f"cannot start: {missing}; nothing was started (exit status 2)"
+            self.bus.notice(Level.ERROR, "tail-events", message)
             return Exit.USAGE
         self.children.open()
         checks.warn_missing_commands(self.config, self.bus)
@@ -224,9 +221,11 @@ class Daemon:
             self.notifier.start()  # before the pauses asked for while stopped apply
             # Pauses asked for while no instance ran apply before any saved event runs.
             control.take_controls(self.config.state_dir, self.dispatcher, self.bus)
-            for pair in restored:
-                self.intake.injected.on_next(pair)
-            self._tick()
+            for start in range(0, len(restored), RESTORED_AT_ONCE):
+                for pair in restored[start : start + RESTORED_AT_ONCE]:
+                    self.intake.injected.on_next(pair)
+                await asyncio.sleep(0)  # the first runs start while the rest is queued
+            loop.call_soon(self._tick)  # after them: status.json can wait for the first runs
             return await self._supervise(drained, saved.cursor)
         finally:
             if self._ticks is not None:
@@ -374,8 +373,7 @@ class Daemon:
             self.source.restart()
 
     def _tick(self) -> None:
-        """Once a second: consume redelivery requests (persist/requests.py), and rewrite the status
-        snapshot in state_dir if something changed (snapshot.py)."""
+        """Once a second: take the requests left in state_dir, rewrite status.json."""
         control.take_controls(self.config.state_dir, self.dispatcher, self.bus)
         self.intake.take_requests(self.config.state_dir, self.dispatcher, self.bus)
         self.snapshots.write_if_changed()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 FILE_MODE = 0o600
@@ -48,16 +49,20 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def write_atomic(path: Path, data: bytes, sync: bool = True) -> None:
-    """Write `data` to `path`, 0600, so a reader sees the old file or the new one, never
-    half: a temp file beside it, fsynced (unless `sync` is false), renamed over it. When it
-    fails, the temp file is removed (on a full disk, it would hold the space) and the
+def write_atomic(path: Path, data: bytes | Iterable[bytes], sync: bool = True) -> int:
+    """Write `data` (or its pieces, in turn: a large file is never held whole) to `path`,
+    0600, so a reader sees the old file or the new one, never half: a temp file beside it,
+    fsynced (unless `sync` is false), renamed over it. Returns how many bytes it wrote. When
+    it fails, the temp file is removed (on a full disk, it would hold the space) and the
     OSError raised."""
     tmp = path.with_name(f".{path.name}.tmp")
+    written = 0
     try:
         fd = open_fd(tmp, os.O_WRONLY | os.O_TRUNC)
         try:
-            write_all(fd, data)
+            for piece in (data,) if isinstance(data, bytes) else data:
+                write_all(fd, piece)
+                written += len(piece)
             if sync:
                 os.fsync(fd)
         finally:
@@ -67,6 +72,7 @@ def write_atomic(path: Path, data: bytes, sync: bool = True) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    return written
 
 
 def move_aside(path: Path, suffix: str) -> str:
