@@ -10,6 +10,7 @@ from reactivex.testing import TestScheduler
 from rxfakes import FakeAgents, agent_config, ev, run_flow
 
 from ghitwork.bus.changes import AgentChanged, AgentState
+from ghitwork.observe.dashboard import DashboardModel
 
 
 def starts(agents: FakeAgents, name: str = "a") -> list[float]:
@@ -38,6 +39,14 @@ def test_events_accumulate_while_throttled_and_keep_their_order() -> None:
     assert len(throttled) == 1, "the operator is told once per throttling"
     assert "budget 1/1m40s used up" in throttled[0].reason
     assert "most events from thread:teams/ghit/ghit/1" in throttled[0].reason
+    assert throttled[0].due == 110, "when it runs again, for the views' retry_at"
+    model = DashboardModel()
+    for change in agents.changes:
+        model(change)
+        if change is throttled[0]:
+            [agent] = model.view().agents
+            assert (agent.state, agent.due) == (AgentState.THROTTLED, 110)
+            assert [c.due for c in agent.conversations] == [110]
 
 
 def test_a_throttled_agent_does_not_hold_a_slot() -> None:

@@ -62,6 +62,7 @@ class AgentChanged(Change):
     queue: int  # the conversation's
     reason: str = ""
     conversation: str = ""
+    due: float | None = None  # throttled, quota: when it may run again
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -374,5 +374,6 @@ class Conversation:
                 queue=len(self.pending),
                 reason=reason,
                 conversation=self.key,
+                due=self.due if new in WAITING else None,
             )
         )

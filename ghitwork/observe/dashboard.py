@@ -133,7 +133,8 @@ class DashboardModel(_DashboardState):
     def _changed(self, change: AgentChanged) -> bool:
         found = self._conversation(change.agent, change.conversation, change.at)
         found.state, found.since, found.queue = change.new, change.at, change.queue
-        found.problem, found.due = "", None  # the last run's failure shows until it moves on
+        found.problem = ""  # the last run's failure shows until it moves on
+        found.due = change.due  # throttled, quota: when it may run again
         if change.new is AgentState.NEEDS_INPUT and change.reason:
             found.problem = change.reason  # its question, kept across a restart (SPEC §13)
         self._settle(change.agent, found, change.at)
