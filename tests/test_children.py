@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ghitwork.system.children import (
     MARK,
+    RECORD_AFTER,
     Children,
     boot_id,
     end_left_behind,
@@ -168,3 +169,35 @@ def test_a_ghit_work_started_by_an_agent_never_ends_itself(tmp_path: Path) -> No
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert found.stdout.strip() == "[]"
+
+
+def test_in_the_loop_a_group_is_recorded_shortly_after_and_a_short_one_never(
+    tmp_path: Path,
+) -> None:
+    """Reading /proc/PID/stat right after the exec waits for the new process (about 1 ms,
+    the loop blocked): with a loop running, an agent's record is written RECORD_AFTER later,
+    and a group that ended before then is never recorded (the mark covers the gap)."""
+    kept, short = sleeper(), sleeper()
+    path = tmp_path / "children"
+
+    async def main() -> tuple[set[int], set[int]]:
+        registry = Children(path)
+        registry.open()
+        registry.add(kept.pid, "agent a", soon=True)
+        registry.add(short.pid, "agent b", soon=True)
+        registry.remove(short.pid)  # its run ended at once
+        at_once = set(registry.live)
+        await asyncio.sleep(RECORD_AFTER * 3)
+        later = set(registry.live)
+        registry.close()
+        return at_once, later
+
+    try:
+        at_once, later = asyncio.run(main())
+        assert at_once == set()
+        assert later == {kept.pid}
+        assert [(g.pgid, g.what) for g in left_behind(path)] == [(kept.pid, "agent a")]
+    finally:
+        for process in (kept, short):
+            process.kill()
+            process.wait()

@@ -299,7 +299,9 @@ def test_kill_9_while_an_agent_works_leaves_nothing_running_into_the_next_start(
     configure(setup, env={"QUIET": "0"})
     with Running(setup.path) as daemon:
         text = daemon.wait_for("agent a: working -> idle, exit 0")
-        assert "ending what a previous ghit-work left running: agent a (process group" in text
+        # recorded (`process group N`), or found by its mark when killed within 50 ms of
+        # the spawn, before its record was due (`pid N in process group N, not recorded`)
+        assert "ending what a previous ghit-work left running: agent a (" in text
         second = runs(setup)[1]
         assert second["ids"] == [1]
         assert not alive(first["pid"]), "the first run is gone before the batch runs again"

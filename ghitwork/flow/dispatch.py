@@ -144,7 +144,7 @@ class Dispatcher:
             attempt=spec.attempt,
             secrets=self.redactor.secrets,
             forward=None if config.logdir else self._forwarder(config.name),
-            on_start=lambda pgid: self.children.add(pgid, f"agent {config.name}"),
+            on_start=lambda pgid: self.children.add(pgid, f"agent {config.name}", soon=True),
             on_gone=self.children.remove,
             pricing=Pricing(
                 config.usage_totals,

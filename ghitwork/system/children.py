@@ -48,6 +48,7 @@ from ghitwork.system.groups import KILL_GRACE, signal_group
 PROC = Path("/proc")
 
 COMPACT_AFTER = 1000  # removals before the file is rewritten with the live groups only
+RECORD_AFTER = 0.05  # seconds after a spawn its group is recorded (the mark covers the gap)
 MARK = "GHIT_WORK_INSTANCE"  # in every child's environment: the instance that started it
 CGROUP_HINT = "a cgroup ends these without ghit-work: docs/operations.md#leftovers"
 
@@ -124,20 +125,42 @@ class Children:
         self.live: dict[int, Group] = {}
         self._file: IO[bytes] | None = None
         self._removed = 0
+        self._due: dict[int, Callable[[], None]] = {}  # groups whose record is still to come
 
     def open(self) -> None:
         if self.path is None:
             return
         self._rewrite()
 
-    def add(self, pgid: int, what: str) -> None:
+    def add(self, pgid: int, what: str, soon: bool = False) -> None:
+        """Record a group just started; `soon`: RECORD_AFTER seconds later, when a loop runs
+        (an agent's run: reading /proc/PID/stat the moment the process has exec'd waits
+        about 1 ms for it, 0.15 ms later on, with the loop blocked; a run that ends sooner
+        needs no record at all). Until it is written, the mark finds the group."""
+        if self.path is None:
+            return
+        try:
+            later = asyncio.get_running_loop().call_later
+        except RuntimeError:  # no loop (a test): at once
+            soon = False
+        if not soon:
+            self._record(pgid, what)
+            return
+        self._due[pgid] = later(RECORD_AFTER, self._record, pgid, what).cancel
+
+    def _record(self, pgid: int, what: str) -> None:
+        self._due.pop(pgid, None)
         stat = _stat(pgid)
-        if stat is None or self.path is None:
-            return  # gone already (or no /proc): its mark finds what it left
+        if stat is None:
+            return  # gone already: its mark finds what it left
         group = self.live[pgid] = Group(pgid, stat[1], what)
         self._write(f'{{"+":{pgid},"t":{group.start},"what":{json.dumps(what)}}}')
 
     def remove(self, pgid: int) -> None:
+        cancel = self._due.pop(pgid, None)
+        if cancel is not None:  # ended before its record was due: it never needs one
+            cancel()
+            return
         if self.live.pop(pgid, None) is None:
             return
         self._removed += 1
