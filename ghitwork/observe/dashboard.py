@@ -33,8 +33,6 @@ observe/dashstate.py's, an agent and its conversations observe/agents.py's.
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import Callable
 
 from ghitwork.bus.changes import (
     AgentChanged,
@@ -60,7 +58,6 @@ from ghitwork.bus.changes import (
     WorkspaceChanged,
 )
 from ghitwork.model.conversations import OWN, conversation_of
-from ghitwork.model.redact import Redactor
 from ghitwork.model.usage import MAX_CONVERSATIONS, NO_USAGE, Usage, day_of
 from ghitwork.observe.agents import MAX_IDLE as MAX_IDLE
 from ghitwork.observe.agents import _Agent, _Conversation
@@ -75,17 +72,6 @@ from ghitwork.observe.view import batch_text as batch_text
 
 
 class DashboardModel(_DashboardState):
-    def __init__(
-        self,
-        level: Level = Level.INFO,
-        clock: Callable[[], float] = time.time,
-        redactor: Redactor | None = None,
-    ) -> None:
-        super().__init__(level, clock, redactor)
-        self._apply: Callable[[Change], bool] = (
-            self._reduce
-        )  # bound once: 3.11's singledispatchmethod builds a new wrapper at every access
-
     # -- input
     def __call__(self, change: Change) -> None:
         self.version += 1

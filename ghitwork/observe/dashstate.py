@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from ghitwork.bus.changes import (
     AgentState,
+    Change,
     DeadLettersLoaded,
     DeadLettersRedelivered,
     Level,
@@ -47,6 +48,9 @@ class _DashboardState:
         redactor: Redactor | None = None,
     ) -> None:
         self.threshold = LEVELS[level]
+        # DashboardModel's handlers, bound once: 3.11's singledispatchmethod builds a new
+        # wrapper at every access
+        self._apply: Callable[[Change], bool] = getattr(self, "_reduce", lambda change: True)
         self.redactor = redactor or Redactor()  # the shared one (redact.py), kept current
         self._redacted_by = self.redactor.generation  # the secrets the kept lines are without
         # name -> (the agent's view, the redactor's generation, that view redacted)
