@@ -6,10 +6,12 @@ into the pipeline. Everything is published from the asyncio loop's thread, the o
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, TypeVar
 
 from reactivex.subject import Subject
 
@@ -253,3 +255,23 @@ class StateBus:
 
     def notice(self, level: Level, topic: str, message: str, agent: str | None = None) -> None:
         self.publish(Notice(level=level, topic=topic, message=message, agent=agent))
+
+
+_R = TypeVar("_R")
+
+
+def handlers(method: functools.singledispatchmethod[_R], owner: object) -> Callable[[Change], _R]:
+    """`method`'s handlers bound to `owner`, found by the change's type in a dict: one lookup
+    per change. (3.11's singledispatchmethod builds a wrapper at every access and looks the
+    type up in a weak dict at every call: ~4 us a change and a subscriber, on every event.)
+    `method` is the descriptor itself: `vars(Class)["name"]`."""
+    dispatch = method.dispatcher.dispatch
+    found: dict[type[Any], Callable[[Change], _R]] = {}
+
+    def handle(change: Change) -> _R:
+        handler = found.get(type(change))
+        if handler is None:
+            handler = found[type(change)] = dispatch(type(change)).__get__(owner)
+        return handler(change)
+
+    return handle

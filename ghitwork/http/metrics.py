@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -22,7 +22,14 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector as CollectorBase
 from prometheus_client.registry import CollectorRegistry
 
-from ghitwork.bus.changes import AgentState, Change, EventsRouted, RunFinished, SourceStarted
+from ghitwork.bus.changes import (
+    AgentState,
+    Change,
+    EventsRouted,
+    RunFinished,
+    SourceStarted,
+    handlers,
+)
 from ghitwork.observe.dashboard import DashboardModel
 
 BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -58,9 +65,7 @@ class Counts:
         self.runs: Counter[tuple[str, str]] = Counter()
         self.durations: dict[str, Histogram] = {}
         self.stream_starts = 0
-        self._handle: Callable[[Change], None] = (
-            self._on
-        )  # bound once: 3.11's singledispatchmethod builds a new wrapper at every access
+        self._handle = handlers(vars(Counts)["_on"], self)
 
     def __call__(self, change: Change) -> None:
         self._handle(change)

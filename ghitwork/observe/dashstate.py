@@ -5,6 +5,7 @@ the stream; finding and settling an agent's conversations; the redacted `View` s
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import deque
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from ghitwork.bus.changes import (
     DeadLettersLoaded,
     DeadLettersRedelivered,
     Level,
+    handlers,
 )
 from ghitwork.config.model import AgentConfig, Config
 from ghitwork.model.conversations import OWN
@@ -48,9 +50,11 @@ class _DashboardState:
         redactor: Redactor | None = None,
     ) -> None:
         self.threshold = LEVELS[level]
-        # DashboardModel's handlers, bound once: 3.11's singledispatchmethod builds a new
-        # wrapper at every access
-        self._apply: Callable[[Change], bool] = getattr(self, "_reduce", lambda change: True)
+        # DashboardModel's handlers (observe/dashboard.py), one per Change type
+        reduce = inspect.getattr_static(self, "_reduce", None)
+        self._apply: Callable[[Change], bool] = (
+            handlers(reduce, self) if reduce is not None else lambda change: True
+        )
         self.redactor = redactor or Redactor()  # the shared one (redact.py), kept current
         self._redacted_by = self.redactor.generation  # the secrets the kept lines are without
         # name -> (the agent's view, the redactor's generation, that view redacted)

@@ -25,6 +25,7 @@ from ghitwork.bus.changes import (
     RunStarted,
     StateBus,
     WorkspaceChanged,
+    handlers,
 )
 from ghitwork.persist.saved import Saved
 from ghitwork.persist.store import StateDirError, Store
@@ -47,9 +48,7 @@ class Journal:
         self.store = store
         self.bus = bus
         self.snapshot = snapshot
-        self._handle: Callable[[Change], None] = (
-            self._on
-        )  # bound once: 3.11's singledispatchmethod builds a new wrapper at every access
+        self._handle = handlers(vars(Journal)["_on"], self)
         self.queued = queued
         self.catching_up = catching_up  # tail-events has more output waiting
         self._sessions: dict[tuple[str, str], str | None] = {}  # (agent, conversation)
