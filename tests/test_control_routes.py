@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from ghitwork.bus.changes import Level
-from ghitwork.http import web
+from ghitwork.http import control, web
 from ghitwork.observe.status import Repeats
 
 TOKEN = "ctl-0f3a9c2e7b5d4e61a8"  # what http_token_file holds
@@ -154,7 +154,7 @@ def test_without_a_token_file_there_are_no_control_routes(setup: Setup) -> None:
     setup.write_config({"a": {}}, tail=["--follow"], http="127.0.0.1:0")
     with Running(setup.path) as daemon:
         base = address(daemon)
-        for action in web.ACTIONS:
+        for action in control.ACTIONS:
             url = f"{base}/api/v1/agents/a/{action}"
             assert call(url, headers=bearer())[0] == 404, action
             assert call(url, method="GET")[0] == 404, action
@@ -381,11 +381,11 @@ def test_the_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch)
         compared.append((given, expected))
         return bool(original(given, expected))
 
-    monkeypatch.setattr(hmac, "compare_digest", spy)  # what web.Guard calls, looked up then
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # what control.Guard calls, looked up then
     lines: list[tuple[Level, str, str, str | None]] = []
     controls = Recorded()
-    guard = web.Guard(TOKEN, Repeats(lambda level, topic, message: None))
-    handler = web.control_handler(
+    guard = control.Guard(TOKEN, Repeats(lambda level, topic, message: None))
+    handler = control.control_handler(
         controls,
         guard,
         lambda: {"a"},
@@ -444,4 +444,4 @@ def test_the_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch)
 )
 def test_what_counts_as_the_servers_own_origin(headers: dict[str, str], same: bool) -> None:
     request = make_mocked_request("POST", "/", headers={"Host": "127.0.0.1:9090", **headers})
-    assert web.same_origin(request) is same
+    assert control.same_origin(request) is same

@@ -39,8 +39,10 @@ from ghitwork.model.events import Event
 from ghitwork.model.redact import Redactor
 from ghitwork.model.results import RunResult
 from ghitwork.notify import send
-from ghitwork.notify.causes import Causes, Notification, thread_url
-from ghitwork.notify.notifier import Notifier, backoff
+from ghitwork.notify.causes import Causes
+from ghitwork.notify.compose import Notification, thread_url
+from ghitwork.notify.delivery import backoff
+from ghitwork.notify.notifier import Notifier
 from ghitwork.notify.outbox import Entry, Outbox
 from ghitwork.notify.send import Sender
 

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ghitwork.config import prompt
 from ghitwork.config.prompt import PromptTemplate
-from ghitwork.model.conversations import slug
+from ghitwork.model.conversations import SLUG_PLACEHOLDER, workdir_of
 from ghitwork.model.durations import Budget, SpendBudget
 from ghitwork.model.usage import Price
 
@@ -93,7 +93,7 @@ class AgentConfig:
     @functools.cached_property
     def workspaces(self) -> bool:
         """Each conversation has its own workdir (`{conversation_slug}` in `workdir`)."""
-        return "{conversation_slug}" in str(self.workdir)
+        return SLUG_PLACEHOLDER in str(self.workdir)
 
     @functools.cached_property
     def budgeted(self) -> bool:
@@ -103,7 +103,7 @@ class AgentConfig:
     def workdir_for(self, conversation: str) -> Path:
         if not self.workspaces:
             return self.workdir
-        return Path(str(self.workdir).replace("{conversation_slug}", slug(conversation)))
+        return Path(workdir_of(str(self.workdir), conversation))
 
 
 NOTIFY_CAUSES = (

@@ -155,12 +155,6 @@ class Agent:
             return [(OWN, tuple(events))]
         return split(events)
 
-    def queue(self, events: Sequence[Event]) -> None:
-        """Queue without asking for a run (the pipeline's `add` of the same events follows,
-        or the flow no longer runs anything)."""
-        for key, part in self.split(events):
-            self.conversation(key).merge(part)
-
     @property
     def pending(self) -> list[Event]:
         """Every event queued in any of its conversations (not the running batches)."""
@@ -168,15 +162,6 @@ class Agent:
         if len(self.conversations) == 1:
             return list(next(iter(conversations)).pending)
         return sorted((e for c in conversations for e in c.pending), key=lambda e: e.id)
-
-    @property
-    def batch(self) -> tuple[Event, ...]:
-        """The events of its running batches."""
-        return tuple(e for c in self.conversations.values() for e in c.batch)
-
-    @property
-    def redelivered(self) -> set[int]:
-        return {i for c in self.conversations.values() for i in c.redelivered}
 
     @property
     def working(self) -> bool:

@@ -85,15 +85,10 @@ class Matcher:
         return agents
 
 
-def own_conversation(agent: str, events: Sequence[Event]) -> list[tuple[str, tuple[Event, ...]]]:
-    """Every event in the agent's own conversation (`conversations = "agent"`)."""
-    return [("", tuple(events))]
-
-
 def fan_out(
     match: Callable[[Event], tuple[str, ...]],
-    routed: Callable[[tuple[Route, ...]], None] | None = None,
-    split: Split = own_conversation,
+    routed: Callable[[tuple[Route, ...]], None],
+    split: Split,
 ) -> Callable[[Observable[Burst]], Observable[Pair]]:
     """A burst of events -> one ((agent, conversation), its events) pair per conversation of
     each agent that matches any of them (`split` says which conversations an agent's events
@@ -118,8 +113,7 @@ def fan_out(
                             per_agent[name] = [event]
                         else:
                             events.append(event)
-                if routed is not None:
-                    routed(routes)
+                routed(routes)
                 for name, events in per_agent.items():
                     for conversation, part in split(name, events):
                         observer.on_next(((name, conversation), part))
@@ -259,10 +253,6 @@ class Slots:
 
     def set_limit(self, limit: int) -> None:
         self.limit = limit
-        self._start_waiting()
-
-    def recheck(self) -> None:
-        """An agent's cap may have changed (a reload): start what may start now."""
         self._start_waiting()
 
     def _start_waiting(self) -> None:

@@ -52,55 +52,15 @@ from ghitwork.config.model import Config, ConfigError, parse_http_address
 from ghitwork.http import metrics
 from ghitwork.http.control import (
     ACTIONS,
-    FIELDS,
     MAX_BODY,
-    MAX_REASON,
-    BadRequest,
     Controls,
     Guard,
-    act,
-    answer,
-    client,
     control_handler,
-    pause_fields,
-    printable,
     reads_guarded,
-    request_fields,
-    same_origin,
 )
-from ghitwork.http.site import IDLE, CappedSite, Server, serve
+from ghitwork.http.site import Server, serve
 from ghitwork.observe.snapshot import Snapshots
 from ghitwork.observe.status import Repeats
-
-__all__ = [  # what was here before control.py and site.py (the daemon and tests use them)
-    "ACTIONS",
-    "FIELDS",
-    "GUARDED_READS",
-    "IDLE",
-    "MAX_BODY",
-    "MAX_REASON",
-    "UNHEALTHY",
-    "BadRequest",
-    "CappedSite",
-    "Controls",
-    "Guard",
-    "Server",
-    "act",
-    "answer",
-    "application",
-    "client",
-    "control_handler",
-    "host_name",
-    "is_loopback",
-    "loopback_only",
-    "pause_fields",
-    "printable",
-    "reads_guarded",
-    "request_fields",
-    "same_origin",
-    "serve",
-    "start",
-]
 
 UNHEALTHY = ("stopping", "failing")
 
@@ -227,10 +187,7 @@ async def start(
                 current = model.config or config
                 return {agent.name for agent in current.agents}
 
-            def notice(level: Level, topic: str, message: str, agent: str | None) -> None:
-                bus.notice(level, topic, message, agent)
-
-            handler = control_handler(controls, guard, known, notice)
+            handler = control_handler(controls, guard, known, bus.notice)
     app = application(
         snapshots.body,
         lambda: snapshots.model.health,

@@ -309,14 +309,6 @@ class Ledger:
         if ledger.recent[0][0] < horizon:
             ledger.recent = [entry for entry in ledger.recent if entry[0] >= horizon]
 
-    def conversation(self, agent: str, conversation: str) -> Usage:
-        """What one conversation of `agent` has spent (SPEC §12: what did thread 39 cost?)."""
-        ledger = self.agents.get(agent)
-        return ledger.conversations.get(conversation, NO_USAGE) if ledger else NO_USAGE
-
-    def cost_today(self, now: float) -> float:
-        return sum(ledger.today(now).cost_usd for ledger in self.agents.values())
-
     def to_json(self) -> dict[str, Any]:
         return {
             name: {

@@ -51,30 +51,8 @@ from ghitwork.bus.changes import (
 from ghitwork.model.durations import format_duration
 from ghitwork.model.events import Event
 from ghitwork.notify import compose as say
-from ghitwork.notify.compose import (  # re-exported: what callers and tests import from here
-    FAILURE,
-    INFO,
-    SUCCESS,
-    WARNING,
-    Notification,
-    compose,
-    dead_letter,
-    thread_url,
-)
+from ghitwork.notify.compose import Notification, dead_letter
 from ghitwork.source.tail import HEALTHY_AFTER
-
-__all__ = [
-    "FAILING_AFTER",
-    "FAILURE",
-    "INFO",
-    "SUCCESS",
-    "WARNING",
-    "Causes",
-    "Notification",
-    "compose",
-    "dead_letter",
-    "thread_url",
-]
 
 FAILING_AFTER = 30.0  # seconds tail-events must have been failing before it is news
 
@@ -149,9 +127,9 @@ class Causes:
         if change.dead_letter is not None:
             found.append(dead_letter(change.dead_letter, change.at, change.result.last_stderr))
             self._seen_letter(change.dead_letter.id)
-        asks = getattr(change.result, "needs_input", False)
+        asks = change.result.needs_input
         if change.new == AgentState.NEEDS_INPUT or asks:
-            question = getattr(change.result, "question", None)
+            question = change.result.question
             found += self._needs_input(
                 change.agent, change.conversation, change.at, question, ids, shown, ran=True
             )

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ghitwork.bus.changes import AgentPaused, Notice, QuotaChanged
 from ghitwork.model.deadletter import DeadLetter
 from ghitwork.model.durations import format_duration
-from ghitwork.model.events import Event
+from ghitwork.model.events import Event, objects
 from ghitwork.model.formatting import id_ranges, iso
 
 LINKS_SHOWN = 5  # events' own links listed in a notification (beyond the thread's)
@@ -124,10 +124,6 @@ def compose(
     )
 
 
-def _objects(events: Sequence[Event]) -> list[dict[str, Any]]:
-    return [event.data for event in events]
-
-
 def throttled(agent: str, conversation: str, reason: str, at: float, key: str) -> Notification:
     why = f": {reason}" if reason else " (its run budget is used up)"
     return compose(
@@ -189,7 +185,7 @@ def needs_input(
         agent=agent,
         conversation=conversation,
         event_ids=ids,
-        events=_objects(shown),
+        events=objects(shown),
         hint=(
             "Answer in the thread: the next event there that is not its own wakes it, "
             f"resuming its session. Or wake it by hand: {resume}"

@@ -53,8 +53,6 @@ class Delivery:
     outbox: Outbox
     repeats: Repeats
     targets: dict[str, tuple[int, Notify]]
-    sent: int
-    failed: int
     _failing: dict[str, int]
     _senders: dict[str, asyncio.Task[None]]
     _wake: dict[str, asyncio.Event]
@@ -98,7 +96,6 @@ class Delivery:
             if tid not in self.targets or self.targets[tid][1] is not target:
                 continue  # reloaded meanwhile: looked at again
             if delivered:
-                self.sent += 1
                 failures = self._failing.pop(tid, 0)
                 self._leave(entry, "sent")
                 if failures:
@@ -110,7 +107,6 @@ class Delivery:
                         f"{failures} failed attempt(s)); {waiting} waiting",
                     )
                 continue
-            self.failed += 1
             entry.attempts += 1
             self._failing[tid] = self._failing.get(tid, 0) + 1
             delay = backoff(entry.attempts, self.backoff_base, self.backoff_cap)

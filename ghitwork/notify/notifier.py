@@ -36,21 +36,11 @@ from ghitwork.bus.changes import (
 from ghitwork.config.model import Config, Notify
 from ghitwork.model.durations import format_duration
 from ghitwork.model.redact import Redactor
-from ghitwork.notify.causes import Causes, Notification
-from ghitwork.notify.delivery import (  # backoff and describe_target: re-exported
-    BACKOFF,
-    BACKOFF_CAP,
-    EXPIRE,
-    TOPIC,
-    Delivery,
-    backoff,
-    describe_target,
-    why,
-)
+from ghitwork.notify.causes import Causes
+from ghitwork.notify.compose import Notification
+from ghitwork.notify.delivery import BACKOFF, BACKOFF_CAP, TOPIC, Delivery, why
 from ghitwork.notify.outbox import Entry, Outbox, target_id
 from ghitwork.notify.send import Sender
-
-__all__ = ["BACKOFF", "BACKOFF_CAP", "EXPIRE", "Notifier", "backoff", "describe_target"]
 from ghitwork.observe.status import Repeats
 
 CLOSE_WAIT = 1.0  # seconds the stop gives sends under way (the rest waits for the next start)
@@ -84,8 +74,6 @@ class Notifier(Delivery):
         self.outbox = Outbox(config.state_dir / "notify")
         self.repeats = Repeats(bus.notice)
         self.targets: dict[str, tuple[int, Notify]] = {}  # by target_id(url)
-        self.sent = 0  # since this start
-        self.failed = 0  # attempts that failed, since this start
         self._failing: dict[str, int] = {}  # target id -> failed attempts in a row
         self._senders: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}

@@ -62,7 +62,7 @@ from ghitwork.model.usage import MAX_CONVERSATIONS, NO_USAGE, Usage, day_of
 from ghitwork.observe.agents import MAX_IDLE as MAX_IDLE
 from ghitwork.observe.agents import _Agent, _Conversation
 from ghitwork.observe.dashstate import _DashboardState
-from ghitwork.observe.lines import LEVELS, describe, only_info, routed_line
+from ghitwork.observe.lines import LEVELS, line_of, only_info, routed_line
 from ghitwork.observe.view import DAYS, _hms, kind_and_title
 from ghitwork.observe.view import AgentView as AgentView
 from ghitwork.observe.view import ConversationView as ConversationView
@@ -79,7 +79,7 @@ class DashboardModel(_DashboardState):
             return  # the per-event path stays short: no log line unless debugging
         if self.threshold > LEVELS[Level.INFO] and only_info(change):
             return
-        line = describe(change)
+        line = line_of(change)
         if line is None or LEVELS[line.level] < self.threshold:
             return
         text = self._redact(f"{_hms(change.at)} {line.message}")

@@ -51,9 +51,8 @@ class _DashboardState:
     ) -> None:
         self.threshold = LEVELS[level]
         # DashboardModel's handlers (observe/dashboard.py), one per Change type
-        reduce = inspect.getattr_static(self, "_reduce", None)
-        self._apply: Callable[[Change], bool] = (
-            handlers(reduce, self) if reduce is not None else lambda change: True
+        self._apply: Callable[[Change], bool] = handlers(
+            inspect.getattr_static(self, "_reduce"), self
         )
         self.redactor = redactor or Redactor()  # the shared one (redact.py), kept current
         self._redacted_by = self.redactor.generation  # the secrets the kept lines are without

@@ -61,4 +61,16 @@ def describe(change: Change) -> Line | None:
     return None
 
 
+_last: tuple[Change | None, Line | None] = (None, None)
+
+
+def line_of(change: Change) -> Line | None:
+    """`describe(change)`, made once when the status writer and the dashboard model ask
+    for the same change in turn (every agent output line is one)."""
+    global _last
+    if _last[0] is not change:
+        _last = (change, describe(change))
+    return _last[1]
+
+
 timestamp = iso  # a status line's time: UTC, milliseconds, "Z"

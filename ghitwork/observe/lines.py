@@ -15,9 +15,19 @@ from ghitwork.observe.line import (
     Line,
     count_events,
     describe,
+    line_of,
     only_info,
     routed_line,
     timestamp,
 )
 
-__all__ = ["LEVELS", "Line", "count_events", "describe", "only_info", "routed_line", "timestamp"]
+__all__ = [
+    "LEVELS",
+    "Line",
+    "count_events",
+    "describe",
+    "line_of",
+    "only_info",
+    "routed_line",
+    "timestamp",
+]

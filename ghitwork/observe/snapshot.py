@@ -121,10 +121,7 @@ def _agent(agent: AgentView, now: float) -> dict[str, Any]:
         "session_id": agent.session_id,
         "problem": agent.problem,
         "usage": {
-            "input_tokens": agent.usage_total.input_tokens,
-            "output_tokens": agent.usage_total.output_tokens,
-            "cached_tokens": agent.usage_total.cached_tokens,
-            "cost_usd": round(agent.usage_total.cost_usd, 6),
+            **_usage(agent.usage_total),
             "cost_today_usd": round(agent.usage_today.cost_usd, 6),
         },
         "dead_letters": len(agent.dead_letters),

@@ -21,7 +21,7 @@ from ghitwork.bus.changes import (
 )
 from ghitwork.model.durations import format_duration
 from ghitwork.model.redact import Redactor
-from ghitwork.observe.lines import LEVELS, Line, describe, only_info, routed_line, timestamp
+from ghitwork.observe.lines import LEVELS, Line, line_of, only_info, routed_line, timestamp
 
 
 class StatusWriter:
@@ -50,7 +50,7 @@ class StatusWriter:
             return
         if self.threshold > LEVELS[Level.INFO] and only_info(change):
             return
-        line = describe(change)
+        line = line_of(change)
         if line is not None and self.enabled(line.level):
             self._write(change.at, line)
 

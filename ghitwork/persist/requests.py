@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ghitwork.model.deadletter import DeadLetter
+from ghitwork.persist.lock import _reason
 from ghitwork.system.files import make_dir, move_aside, write_atomic
 
 REQUESTS = "requests"
@@ -42,15 +43,11 @@ POLL = 1.0  # seconds between looks at the requests dir: a redelivery lands with
 
 def request_redelivery(state_dir: Path, ids: list[int]) -> Path:
     """Write a request for the instance (running now, or the next to start), 0600."""
-    folder = state_dir / REQUESTS
-    make_dir(folder)
-    path = folder / f"redeliver-{time.time_ns()}-{os.getpid()}.json"
-    write_atomic(path, json.dumps({"ids": ids}).encode())
-    return path
+    return request_control(state_dir, "redeliver", {"ids": ids})
 
 
 def request_control(state_dir: Path, kind: str, payload: dict[str, object]) -> Path:
-    """A `pause` or `resume` request, written like a redelivery request."""
+    """A `pause`, `resume` or `redeliver` request, 0600."""
     folder = state_dir / REQUESTS
     make_dir(folder)
     path = folder / f"{kind}-{time.time_ns()}-{os.getpid()}.json"
@@ -160,11 +157,7 @@ def _id(value: object) -> int:
 
 
 def _why(error: Exception) -> str:
-    if isinstance(error, OSError):
-        return error.strerror or str(error)
-    if isinstance(error, KeyError):
-        return f"no {error} in it"
-    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    return f"no {error} in it" if isinstance(error, KeyError) else _reason(error)
 
 
 def consumed(request: Request | Control) -> None:

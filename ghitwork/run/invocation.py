@@ -31,6 +31,7 @@ from ghitwork.model.results import RunResult
 from ghitwork.model.usage import Pricing, Tally
 from ghitwork.run.archive import LogFiles, Redactor, record_of, write_atomic
 from ghitwork.run.output import Findings, OutputSink, Patterns, Stream
+from ghitwork.run.spec import fault_text
 from ghitwork.system.children import marked
 from ghitwork.system.groups import KILL_GRACE as KILL_GRACE
 from ghitwork.system.groups import signal_group, terminate_group
@@ -161,7 +162,7 @@ class Invocation:
         """ghit-work's own failure while `stage` (an exception, not the agent's doing): the
         run's fault; an agent still running is ended."""
         if self.fault is None:
-            self.fault = f"{stage}: {_describe(error)}"
+            self.fault = f"{stage}: {fault_text(error)}"
         self.terminate(Why.FAULT)
 
     async def run(self) -> RunResult:
@@ -177,7 +178,7 @@ class Invocation:
                     started, error=f"cannot write logs in {self.logdir}: {error.strerror or error}"
                 )
             except Exception as error:
-                return self._result(started, fault=f"writing its prompt: {_describe(error)}")
+                return self._result(started, fault=f"writing its prompt: {fault_text(error)}")
         try:
             result, tally = await self._run(started, logs)
         except Exception as error:  # _run has ended the agent before raising
@@ -190,13 +191,13 @@ class Invocation:
                 charged = self.pricing.charge(self.agent, tally, result.session_id, result.ended)
                 result = result if charged is None else replace(result, charge=charged)
             except Exception as error:
-                fault = f"accounting its usage: {_describe(error)}"
+                fault = f"accounting its usage: {fault_text(error)}"
                 result = replace(result, fault=result.fault or fault)
         if logs is not None:
             try:
                 logs.write_record(record_of(result), self.secrets)
             except Exception as error:
-                fault = f"writing its record {logs.path('json')}: {_describe(error)}"
+                fault = f"writing its record {logs.path('json')}: {fault_text(error)}"
                 result = replace(result, fault=result.fault or fault)
         return result
 
@@ -229,7 +230,7 @@ class Invocation:
                 )
         except Exception as error:
             self._close(streams)
-            fault = f"opening its logs: {_describe(error)}"
+            fault = f"opening its logs: {fault_text(error)}"
             return self._result(started, fault=fault, log_files=files), findings.tally
         loop = asyncio.get_running_loop()
         try:
@@ -249,7 +250,7 @@ class Invocation:
             return self._result(started, error=error_text, log_files=files), findings.tally
         except Exception as error:  # a value the OS refuses (a NUL byte), a bug: nothing runs
             self._close(streams)
-            fault = f"starting {self.argv[0]}: {_describe(error)}"
+            fault = f"starting {self.argv[0]}: {fault_text(error)}"
             return self._result(started, fault=fault, log_files=files), findings.tally
         self.pid = transport.get_pid()
         try:
@@ -372,17 +373,7 @@ class Invocation:
         try:
             self.on_gone(pgid)
         except Exception as error:  # later than the result: kept on the invocation
-            self.fault = self.fault or f"forgetting its process group: {_describe(error)}"
-
-
-def _describe(error: BaseException) -> str:
-    """An exception as one line: its type and message (an OSError: its reason and file)."""
-    if isinstance(error, OSError) and error.strerror:
-        text = error.strerror + (f": {error.filename}" if error.filename else "")
-    else:
-        lines = str(error).splitlines()
-        text = lines[0][:300] if lines else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+            self.fault = self.fault or f"forgetting its process group: {fault_text(error)}"
 
 
 def _cannot_start(command: str, error: OSError) -> str:

@@ -22,9 +22,11 @@ def fault_text(error: BaseException) -> str:
     """An exception as a run's one-line fault: the message, or the type where it says more."""
     if isinstance(error, TemplateFailed):
         return str(error)
-    text = str(error).splitlines()[0][:300] if str(error) else ""
     if isinstance(error, OSError) and error.strerror:
         text = error.strerror + (f": {error.filename}" if error.filename else "")
+    else:
+        lines = str(error).splitlines()
+        text = lines[0][:300] if lines else ""
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

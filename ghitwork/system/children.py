@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from ghitwork.system.files import write_atomic
 from ghitwork.system.groups import KILL_GRACE, signal_group
 
 PROC = Path("/proc")
@@ -209,21 +210,12 @@ class Children:
         lines = [{"boot": boot_id(), "instance": instance()}] + [
             {"+": g.pgid, "t": g.start, "what": g.what} for g in self.live.values()
         ]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            _write_private(tmp, b"".join(json.dumps(line).encode() + b"\n" for line in lines))
-            os.replace(tmp, self.path)
+            data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+            write_atomic(self.path, data, sync=False)  # owner-only: it names what runs
             self._file = open(self.path, "ab")  # noqa: SIM115 closed by close()
         except OSError:
             self._file = None
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write `path` owner-only (0600) whatever the umask: it names what runs (SPEC §11)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with open(fd, "wb") as handle:
-        os.fchmod(fd, 0o600)  # an older file keeps its mode through O_TRUNC
-        handle.write(data)
 
 
 def _read(path: Path) -> tuple[str | None, str | None, dict[int, Group]]:
