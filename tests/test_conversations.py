@@ -10,7 +10,7 @@ from dataclasses import replace
 import reactivex
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reactivex import Observable, abc
+from reactivex import Observable
 from reactivex.subject import Subject
 from reactivex.testing import TestScheduler
 from reactivex.testing.reactivetest import ReactiveTest
@@ -300,19 +300,19 @@ def test_thousands_of_runs_falling_through_at_once_do_not_stack_up() -> None:
     falls through at once (its conversation is stopping). Slots goes on in a loop rather
     than a call per run (it overflowed the stack: RecursionError, exit 4)."""
     slots = Slots(1)
-    requests: Subject[tuple[str, Observable[int]]] = Subject()
+    requests: Subject[tuple[str, Callable[[], Observable[int]]]] = Subject()
     first: Subject[int] = Subject()
     seen: list[int] = []
     done: list[bool] = []
     requests.pipe(slots.merge()).subscribe(on_completed=lambda: done.append(True))
-    requests.on_next(("a", first))  # holds the only slot
+    requests.on_next(("a", lambda: first))  # holds the only slot
 
-    def run(n: int) -> Observable[int]:
-        def start(_: abc.SchedulerBase | None) -> Observable[int]:
+    def run(n: int) -> Callable[[], Observable[int]]:
+        def start() -> Observable[int]:
             seen.append(n)
             return reactivex.empty()  # as a conversation that is stopping gives
 
-        return reactivex.defer(start)
+        return start
 
     for n in range(20_000):
         requests.on_next((f"t{n % 7}", run(n)))

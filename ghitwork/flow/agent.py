@@ -108,7 +108,7 @@ class Agent:
         # The agent's group in the pipeline (routing.batch_while_busy): where its
         # conversations ask for runs, and how its part of the flow ends at a stop or a
         # drain's end, once none of its conversations has a run outstanding.
-        self.request: Callable[[Observable[Any]], None] | None = None
+        self.request: Callable[[Callable[[], Observable[Any]]], None] | None = None
         self.closing = False
         self._complete: Callable[[], None] | None = None
         self._open: set[str] = set()  # conversations not yet finished when it closed
@@ -122,7 +122,7 @@ class Agent:
 
     # -- the Mailbox protocol of routing.batch_while_busy: the agent's group of the pipeline
     def attach(
-        self, request: Callable[[Observable[Any]], None], complete: Callable[[], None]
+        self, request: Callable[[Callable[[], Observable[Any]]], None], complete: Callable[[], None]
     ) -> None:
         self.request, self._complete = request, complete
         for conversation in list(self.conversations.values()):

@@ -138,7 +138,7 @@ class Conversation:
             return False
         self.outstanding = True
         self._set(AgentState.QUEUED, was=was)
-        request(reactivex.defer(lambda _scheduler: self._start()))
+        request(self._start)
         return True
 
     def _closed(self, was: AgentState | None = None) -> bool:
