@@ -13,7 +13,7 @@ from reactivex import operators as ops
 from reactivex.testing import TestScheduler
 from reactivex.testing.reactivetest import ReactiveTest
 
-from ghitwork.bus.changes import Change, Route
+from ghitwork.bus.changes import Change, ConversationsQueued, Route
 from ghitwork.config import prompt
 from ghitwork.config.model import AgentConfig
 from ghitwork.flow import pipeline
@@ -89,12 +89,13 @@ class FakeAgents:
         self.letters = DeadLetters()
         self.scheduler = scheduler
         self.matcher = Matcher(configs)
-        self.changes: list[Change] = []
+        self.changes: list[Change] = []  # as the status lines tell them (`publish`)
+        self.published: list[Change] = []  # as published
         self.agents = {
             c.name: Agent(
                 c,
                 self.launch,
-                self.changes.append,
+                self.publish,
                 clock=lambda: scheduler.clock,
                 schedule=self._schedule,
                 letters=self.letters,
@@ -106,6 +107,14 @@ class FakeAgents:
         self.result = result
         self.runs: list[Run] = []
         self.results: list[RunResult] = []
+
+    def publish(self, change: Change) -> None:
+        """A ConversationsQueued is each conversation's AgentChanged in `changes`."""
+        self.published.append(change)
+        if isinstance(change, ConversationsQueued):
+            self.changes.extend(change.each())
+        else:
+            self.changes.append(change)
 
     def _schedule(self, delay: float, action: Callable[[], None]) -> Callable[[], None]:
         disposable = self.scheduler.schedule_relative(delay, lambda *_: action())

@@ -35,6 +35,7 @@ from ghitwork.bus.changes import (
     AgentState,
     Change,
     ConfigApplied,
+    ConversationsQueued,
     DeadLettersRedelivered,
     EventsRestored,
     EventsRouted,
@@ -57,6 +58,7 @@ from ghitwork.observe import snapshot
 from ghitwork.observe.dashboard import MAX_IDLE, DashboardModel
 from ghitwork.observe.lines import describe
 from ghitwork.observe.status import StatusWriter
+from ghitwork.observe.view import _hms
 from ghitwork.tui.panes import UiState, render
 
 NOW = 1_800_000_000.0
@@ -203,6 +205,50 @@ def test_json_lines_carry_the_conversation_the_agents_own_as_empty() -> None:
     states = [r for r in records if r["event"] == "agent.state"]
     assert [r["conversation"] for r in states] == [T39, T41, T39, T41, T41, ""]
     assert states[-1]["agent"] == "b" and states[-1]["message"].startswith("agent b: idle")
+
+
+def test_conversations_queued_by_one_read_have_a_line_each_and_the_same_model() -> None:
+    """A ConversationsQueued is, to the status lines and the model, each conversation's
+    AgentChanged to queued; at warning level it prints nothing."""
+    batch = ConversationsQueued(
+        agent="a",
+        queued=((T39, AgentState.IDLE, 2), (T41, AgentState.NEEDS_INPUT, 1)),
+        at=NOW,
+    )
+    one_by_one = list(batch.each())
+    assert [(c.conversation, str(c.old), str(c.new), c.queue) for c in one_by_one] == [
+        (T39, "idle", "queued", 2),
+        (T41, "needs-input", "queued", 1),
+    ]
+    texts: list[str] = []
+    for changes in ([batch], one_by_one):
+        out = io.StringIO()
+        writer = StatusWriter(out)
+        for change in changes:
+            writer(change)
+        texts.append(out.getvalue())
+    assert texts[0] == texts[1]
+    assert texts[0].splitlines()[0].endswith(f"agent a [{T39}]: idle -> queued, 2 events waiting")
+    quiet = io.StringIO()
+    StatusWriter(quiet, level=Level.WARNING)(batch)
+    assert quiet.getvalue() == ""
+    views, applied = [], ConfigApplied(config=config(threads("a")), at=NOW - 60)
+    for changes in ([batch], one_by_one):
+        model = DashboardModel(clock=lambda: NOW)
+        model(applied)
+        for change in changes:
+            model(change)
+        views.append(tuple(replace(a, config=None) for a in model.view().agents))
+        assert list(model.log)[-2:] == [
+            f"{_hms(NOW)} agent a [{T39}]: idle -> queued, 2 events waiting",
+            f"{_hms(NOW)} agent a [{T41}]: needs-input -> queued, 1 event waiting",
+        ]
+    assert views[0] == views[1]
+    [agent] = views[0]
+    assert [(c.conversation, str(c.state), c.queue) for c in agent.conversations] == [
+        (T41, "queued", 1),
+        (T39, "queued", 2),
+    ]
 
 
 def test_a_workspace_has_lines_when_made_and_removed_and_its_use_only_at_debug() -> None:

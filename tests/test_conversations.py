@@ -17,7 +17,7 @@ from reactivex.testing.reactivetest import ReactiveTest
 from reactivex.testing.recorded import Recorded
 from rxfakes import FakeAgents, Run, agent_config, ev, run_flow
 
-from ghitwork.bus.changes import AgentChanged, RunStarted
+from ghitwork.bus.changes import AgentChanged, AgentState, ConversationsQueued, RunStarted
 from ghitwork.flow import pipeline
 from ghitwork.flow.routing import Pair, Slots
 from ghitwork.model.conversations import conversation_of, slug, split
@@ -51,6 +51,29 @@ def test_batches_never_mix_threads_and_threads_run_side_by_side() -> None:
         (T2, (2,), 11),
         (T1, (3,), 60),  # single flight per conversation: after T1's first run
     ]
+
+
+def test_a_burst_queues_its_conversations_in_one_change_before_any_of_them_runs() -> None:
+    """Thread mode's catch-up queues thousands of conversations a read: one change per agent
+    and read, each conversation in it as its AgentChanged would say, and then the runs."""
+    agents = threads(concurrency=2)
+    burst = [ev(1, scope=T1), ev(2, scope=T2), ev(3, scope=T1), ev(4, scope=T3)]
+    source = agents.scheduler.create_hot_observable(ReactiveTest.on_next(10, burst))
+    pipeline.dispatch(source, agents, Slots(0, cap=agents.concurrency)).subscribe()
+    agents.scheduler.advance_to(10)
+    published = [c for c in agents.published if isinstance(c, ConversationsQueued | RunStarted)]
+    assert isinstance(published[0], ConversationsQueued)
+    assert published[0].queued == (
+        (T1, AgentState.IDLE, 2),
+        (T2, AgentState.IDLE, 1),
+        (T3, AgentState.IDLE, 1),
+    )
+    assert [(c.conversation, c.event_ids) for c in published[1:] if isinstance(c, RunStarted)] == [
+        (T1, (1, 3)),
+        (T2, (2,)),
+    ], "then the runs, two at once (concurrency 2), the longest waiting first"
+    queued = [(c.conversation, c.old, c.queue) for c in published[0].each()]
+    assert queued == [(T1, AgentState.IDLE, 2), (T2, AgentState.IDLE, 1), (T3, AgentState.IDLE, 1)]
 
 
 def test_agent_mode_keeps_one_conversation_with_every_thread_in_its_batch() -> None:
@@ -258,7 +281,7 @@ def test_across_a_crash_every_threads_events_are_delivered_in_order_single_fligh
     scheduler.advance_to(crash)
     first.dispose()  # kill -9: nothing more of the first flow happens
     saved = [
-        ((name, key), tuple(sorted([*c.batch, *c.pending], key=lambda e: e.id)))
+        (name, ((key, tuple(sorted([*c.batch, *c.pending], key=lambda e: e.id))),))
         for name, agent in before.agents.items()
         for key, c in agent.conversations.items()
         if c.batch or c.pending
@@ -275,7 +298,7 @@ def test_across_a_crash_every_threads_events_are_delivered_in_order_single_fligh
         injected.on_next(pair)
     late = [(t, e) for t, e in events if t == crash]
     for _, e in late:  # read by the new instance (its cursor is before them)
-        injected.on_next((("a", conversation_of(e)), (e,)))
+        injected.on_next(("a", ((conversation_of(e), (e,)),)))
     scheduler.advance_to(10**6)
     # the crashed flow's runs end at the crash: none of them counts as done if it was cut
     cut = [Run(r.agent, r.start, min(r.end, crash), r.ids, r.conversation) for r in before.runs]

@@ -32,6 +32,7 @@ from ghitwork.bus.changes import (
 from ghitwork.config.model import Config, ConfigError
 from ghitwork.flow import pipeline
 from ghitwork.flow.dispatch import Dispatcher
+from ghitwork.flow.durable import RESTORED_AT_ONCE
 from ghitwork.flow.routing import Slots
 from ghitwork.model.redact import Redactor
 from ghitwork.notify.notifier import Notifier
@@ -48,7 +49,6 @@ from ghitwork.system.children import Children, end_left_behind
 # Redelivery requests are taken within this (SPEC: 2 s); the status snapshot is rewritten at
 # most this often.
 TICK = min(requests.POLL, snapshot.REFRESH)
-RESTORED_AT_ONCE = 500  # saved conversations queued between two turns of the loop
 
 
 class Daemon:
@@ -221,10 +221,13 @@ class Daemon:
             self.notifier.start()  # before the pauses asked for while stopped apply
             # Pauses asked for while no instance ran apply before any saved event runs.
             control.take_controls(self.config.state_dir, self.dispatcher, self.bus)
-            for start in range(0, len(restored), RESTORED_AT_ONCE):
-                for pair in restored[start : start + RESTORED_AT_ONCE]:
-                    self.intake.injected.on_next(pair)
-                await asyncio.sleep(0)  # the first runs start while the rest is queued
+            queued = 0
+            for pair in restored:  # each of at most RESTORED_AT_ONCE conversations
+                self.intake.injected.on_next(pair)
+                queued += len(pair[1])
+                if queued >= RESTORED_AT_ONCE:
+                    queued = 0
+                    await asyncio.sleep(0)  # the first runs start while the rest is queued
             loop.call_soon(self._tick)  # after them: status.json can wait for the first runs
             return await self._supervise(drained, saved.cursor)
         finally:

@@ -67,11 +67,13 @@ class Intake:
         """Hand dead letters back to their agents (ids no longer dead letters are skipped);
         returns how many were."""
         count, pairs = dispatcher.redeliver(ids, by)
-        for key, events in pairs:
+        for pair in pairs:
             if not self.injected.is_stopped:
-                self.injected.on_next((key, events))  # gives the conversation a group
+                self.injected.on_next(pair)  # gives the agent a group
             else:  # the flow is draining: kept queued, saved at the stop
-                dispatcher.agent(key[0]).conversation(key[1]).merge(events)
+                agent = dispatcher.agent(pair[0])
+                for conversation, events in pair[1]:
+                    agent.conversation(conversation).merge(events)
         return count
 
     def take_requests(self, state_dir: Path, dispatcher: Dispatcher, bus: StateBus) -> None:

@@ -19,7 +19,13 @@ from typing import Any
 
 from reactivex import Observable
 
-from ghitwork.bus.changes import AgentPaused, AgentState, Change, WorkspaceChanged
+from ghitwork.bus.changes import (
+    AgentPaused,
+    AgentState,
+    Change,
+    ConversationsQueued,
+    WorkspaceChanged,
+)
 from ghitwork.config.model import AgentConfig
 from ghitwork.flow import policy
 from ghitwork.flow.accounts import Accounts
@@ -112,6 +118,9 @@ class Agent:
         self.closing = False
         self._complete: Callable[[], None] | None = None
         self._open: set[str] = set()  # conversations not yet finished when it closed
+        # While `add` takes a burst: the conversations it queued, and their states before
+        # (published as one change, then their runs requested)
+        self.queueing: list[tuple[Conversation, AgentState]] | None = None
 
     # -- conversations
     def conversation(self, key: str) -> Conversation:
@@ -128,8 +137,30 @@ class Agent:
         for conversation in list(self.conversations.values()):
             conversation.wake()  # restored before the group existed
 
-    def add(self, key: str, events: Sequence[Event]) -> None:
-        self.conversation(key).add(events)
+    def add(self, parts: Sequence[tuple[str, Sequence[Event]]]) -> None:
+        """A burst's events, per conversation. The conversations they queue are published
+        as one change, then their runs are requested: a run that starts at once says so
+        after its conversation was queued."""
+        queued = self.queueing = []
+        try:
+            for key, events in parts:
+                self.conversation(key).add(events)
+        finally:
+            self.queueing = None
+            if queued:
+                self._queued(queued)
+
+    def _queued(self, queued: list[tuple[Conversation, AgentState]]) -> None:
+        self.publish(
+            ConversationsQueued(
+                agent=self.name,
+                queued=tuple([(c.key, old, len(c.pending)) for c, old in queued]),
+            )
+        )
+        request = self.request
+        if request is not None:
+            for conversation, _ in queued:
+                request(conversation.start)
 
     def close(self) -> None:
         """Nothing more comes (a stop, a drain's end): the group ends once every

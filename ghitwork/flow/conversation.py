@@ -137,8 +137,14 @@ class Conversation:
             self._throttle(held, was)
             return False
         self.outstanding = True
+        queueing = self.agent.queueing
+        if queueing is not None:  # a burst's events: the agent publishes and requests them all
+            queueing.append((self, was or self.state))
+            self.question = None
+            self.state = AgentState.QUEUED
+            return True
         self._set(AgentState.QUEUED, was=was)
-        request(self._start)
+        request(self.start)
         return True
 
     def _closed(self, was: AgentState | None = None) -> bool:
@@ -182,7 +188,7 @@ class Conversation:
             self._timer = None
         self.due = None
 
-    def _start(self) -> Observable[RunResult]:
+    def start(self) -> Observable[RunResult]:
         """The run got its slot: take every pending event as the batch, now (unless, while
         it waited for the slot, the agent was paused, its account closed or its budget used
         up by another of its conversations)."""

@@ -32,7 +32,7 @@ from ghitwork.flow import durable
 from ghitwork.flow.accounts import Accounts
 from ghitwork.flow.agent import Agent, call_later
 from ghitwork.flow.letters import DeadLetters
-from ghitwork.flow.routing import Key, Matcher, Pair
+from ghitwork.flow.routing import Matcher, Pair
 from ghitwork.flow.workspaces import Workspaces
 from ghitwork.model.conversations import shown as shown_conversation
 from ghitwork.model.deadletter import DeadLetter
@@ -66,7 +66,7 @@ class Dispatcher:
         self.children = children or Children(None)
         self.matcher = Matcher(config.agents)
         self.agents: dict[str, Agent] = {}
-        self.running: dict[Key, Invocation] = {}
+        self.running: dict[tuple[str, str], Invocation] = {}  # (agent, conversation)
         self.letters = DeadLetters(self.redactor.text)
         self.ledger = Ledger()
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -232,9 +232,10 @@ class Dispatcher:
                 e for e in (to_event(data, b"") for data in letter.events) if isinstance(e, Event)
             )
             agent = self.agent(letter.agent)
-            for conversation, part in agent.split(events):
+            parts = agent.split(events)
+            for conversation, part in parts:
                 agent.conversation(conversation).redelivered.update(event.id for event in part)
-                pairs.append(((letter.agent, conversation), part))
+            pairs.append((letter.agent, tuple(parts)))
         return len(letters), pairs
 
     def refuse_new_runs(self) -> None:

@@ -61,14 +61,14 @@ def dispatch(
     slots: Slots,
     injected: Observable[Pair] | None = None,
 ) -> Observable[RunResult]:
-    """`injected`: (conversation, events) pairs that skip matching: saved events delivered
-    first, dead letters handed back."""
+    """`injected`: (agent, ((conversation, events), ...)) pairs that skip matching: saved
+    events delivered first, dead letters handed back."""
 
     def per_agent(group: GroupedObservable[str, Pair]) -> Observable[Request[RunResult]]:
         return group.pipe(batch_while_busy(agents.mailbox(group.key), group.key))
 
     def agent_of(pair: Pair) -> str:
-        return pair[0][0]
+        return pair[0]
 
     pairs = events.pipe(fan_out(agents.route, agents.routed, agents.split))
     return reactivex.merge(injected or reactivex.empty(), pairs).pipe(

@@ -22,8 +22,8 @@ from ghitwork.model.scopes import covering
 
 _T = TypeVar("_T")
 Burst = Sequence[Event]  # the events of one read from the stream, in id order
-Key = tuple[str, str]  # (agent, conversation): SPEC §12
-Pair = tuple[Key, tuple[Event, ...]]  # a conversation and its events of one burst
+Part = tuple[str, tuple[Event, ...]]  # a conversation (SPEC §12) and its events of one burst
+Pair = tuple[str, tuple[Part, ...]]  # an agent, and its conversations' events of one burst
 # An agent's deferred run, waiting for its slot: what makes the run's observable once the
 # slot is granted (a plain callable, not `reactivex.defer`: thread mode's catch-up asks for
 # tens of thousands, and an Observable each cost a fifth of that catch-up's time)
@@ -94,9 +94,8 @@ def fan_out(
     routed: Callable[[tuple[Route, ...]], None],
     split: Split,
 ) -> Callable[[Observable[Burst]], Observable[Pair]]:
-    """A burst of events -> one ((agent, conversation), its events) pair per conversation of
-    each agent that matches any of them (`split` says which conversations an agent's events
-    belong to).
+    """A burst of events -> one (agent, ((conversation, its events), ...)) pair per agent
+    that matches any of them (`split` says which conversations an agent's events belong to).
 
     The stream is handled a read at a time, not an event at a time: a catch-up of 100,000
     events costs a few thousand Rx hops instead of hundreds of thousands, and each
@@ -119,8 +118,7 @@ def fan_out(
                             events.append(event)
                 routed(routes)
                 for name, events in per_agent.items():
-                    for conversation, part in split(name, events):
-                        observer.on_next(((name, conversation), part))
+                    observer.on_next((name, tuple(split(name, events))))
 
             return source.subscribe(
                 on_next, observer.on_error, observer.on_completed, scheduler=scheduler
@@ -139,7 +137,7 @@ class Mailbox(Protocol):
         self, request: Callable[[Callable[[], Observable[_T]]], None], complete: Callable[[], None]
     ) -> None: ...
 
-    def add(self, conversation: str, events: Sequence[Event]) -> None: ...
+    def add(self, parts: Sequence[Part]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -147,8 +145,8 @@ class Mailbox(Protocol):
 def batch_while_busy(
     mailbox: Mailbox, agent: str
 ) -> Callable[[Observable[Pair]], Observable[Request[_T]]]:
-    """One agent's (conversation, events) pairs -> deferred runs of `agent`, one outstanding
-    at a time per conversation.
+    """One agent's pairs (its conversations' events of each burst) -> deferred runs of
+    `agent`, one outstanding at a time per conversation.
 
     The mailbox keeps the events of each conversation; while a run of a conversation is
     outstanding (waiting for a slot or working) its new events wait and become its next
@@ -165,7 +163,7 @@ def batch_while_busy(
 
             mailbox.attach(request, observer.on_completed)
             return source.subscribe(
-                lambda pair: mailbox.add(pair[0][1], pair[1]),  # a conversation's events
+                lambda pair: mailbox.add(pair[1]),  # its conversations' events of a burst
                 observer.on_error,
                 mailbox.close,
                 scheduler=scheduler,

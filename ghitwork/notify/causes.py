@@ -37,6 +37,7 @@ from ghitwork.bus.changes import (
     AgentPaused,
     AgentState,
     Change,
+    ConversationsQueued,
     DeadLettersLoaded,
     EventsRouted,
     Level,
@@ -152,6 +153,11 @@ class Causes:
     def _seen_letter(self, ident: int) -> None:
         if self.dead_letters is None or ident > self.dead_letters:
             self.dead_letters = ident
+
+    def _queued(self, change: ConversationsQueued) -> list[Notification]:
+        """Being queued is no news; leaving needs-input (or throttled) is forgotten."""
+        leaving = (AgentState.NEEDS_INPUT, AgentState.THROTTLED)
+        return [found for each in change.each(leaving) for found in self._agent_changed(each)]
 
     def _agent_changed(self, change: AgentChanged) -> list[Notification]:
         new, old = str(change.new), str(change.old)
@@ -315,6 +321,7 @@ _HANDLERS: dict[type[Change], Callable[[Causes, Any], list[Notification]]] = {
     RunStarted: Causes._run_started,
     RunFinished: Causes._run_finished,
     AgentChanged: Causes._agent_changed,
+    ConversationsQueued: Causes._queued,
     AgentPaused: Causes._agent_paused,
     QuotaChanged: Causes._quota_changed,
     Notice: Causes._notice,

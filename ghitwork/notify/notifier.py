@@ -29,6 +29,7 @@ from ghitwork.bus.changes import (
     AgentPaused,
     Change,
     ConfigApplied,
+    ConversationsQueued,
     DeadLettersLoaded,
     Level,
     StateBus,
@@ -45,7 +46,7 @@ from ghitwork.observe.status import Repeats
 
 CLOSE_WAIT = 1.0  # seconds the stop gives sends under way (the rest waits for the next start)
 EARLY_MOST = 10_000  # changes held until `start`
-_EARLY = (DeadLettersLoaded, AgentPaused, AgentChanged)
+_EARLY = (DeadLettersLoaded, AgentPaused, AgentChanged, ConversationsQueued)
 
 
 class Notifier(Delivery):

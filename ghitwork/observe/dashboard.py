@@ -40,6 +40,7 @@ from ghitwork.bus.changes import (
     AgentState,
     Change,
     ConfigApplied,
+    ConversationsQueued,
     DeadLettersLoaded,
     DeadLettersRedelivered,
     EventSkipped,
@@ -62,7 +63,7 @@ from ghitwork.model.usage import MAX_CONVERSATIONS, NO_USAGE, Usage, day_of
 from ghitwork.observe.agents import MAX_IDLE as MAX_IDLE
 from ghitwork.observe.agents import _Agent, _Conversation
 from ghitwork.observe.dashstate import _DashboardState
-from ghitwork.observe.lines import LEVELS, line_of, only_info, routed_line
+from ghitwork.observe.lines import LEVELS, lines_of, only_info, routed_line
 from ghitwork.observe.view import DAYS, _hms, kind_and_title
 from ghitwork.observe.view import AgentView as AgentView
 from ghitwork.observe.view import ConversationView as ConversationView
@@ -79,13 +80,13 @@ class DashboardModel(_DashboardState):
             return  # the per-event path stays short: no log line unless debugging
         if self.threshold > LEVELS[Level.INFO] and only_info(change):
             return
-        line = line_of(change)
-        if line is None or LEVELS[line.level] < self.threshold:
-            return
-        text = self._redact(f"{_hms(change.at)} {line.message}")
-        self.log.append(text)
-        if LEVELS[line.level] >= LEVELS[Level.WARNING] or isinstance(change, EventSkipped):
-            self.attention.append(text)
+        for line in lines_of(change):
+            if LEVELS[line.level] < self.threshold:
+                continue
+            text = self._redact(f"{_hms(change.at)} {line.message}")
+            self.log.append(text)
+            if LEVELS[line.level] >= LEVELS[Level.WARNING] or isinstance(change, EventSkipped):
+                self.attention.append(text)
 
     # -- one handler per Change type: what it changes in the model; False: no log line
     @functools.singledispatchmethod
@@ -124,6 +125,21 @@ class DashboardModel(_DashboardState):
         if change.new is AgentState.NEEDS_INPUT and change.reason:
             found.problem = change.reason  # its question, kept across a restart (SPEC §13)
         self._settle(change.agent, found, change.at)
+        return True
+
+    @_reduce.register
+    def _queued_now(self, change: ConversationsQueued) -> bool:
+        """What an AgentChanged to `queued` does, for each conversation a burst queued."""
+        at = change.at
+        current = self._agent(change.agent)
+        if current.threads:
+            current.unplaced = 0  # its conversations tell their queues from now on
+        for key, _, queue in change.queued:
+            found = current.conversation(key, at)
+            found.active = found.since = at
+            found.state, found.queue, found.problem, found.due = AgentState.QUEUED, queue, "", None
+            current.changed(found)
+        current.settle(at)
         return True
 
     @_reduce.register

@@ -10,6 +10,7 @@ from typing import Any
 
 from ghitwork.bus.changes import (
     Change,
+    ConversationsQueued,
     Level,
 )
 from ghitwork.model.events import Event
@@ -61,15 +62,22 @@ def describe(change: Change) -> Line | None:
     return None
 
 
-_last: tuple[Change | None, Line | None] = (None, None)
+_last: tuple[Change | None, tuple[Line, ...]] = (None, ())
 
 
-def line_of(change: Change) -> Line | None:
-    """`describe(change)`, made once when the status writer and the dashboard model ask
-    for the same change in turn (every agent output line is one)."""
+def lines_of(change: Change) -> tuple[Line, ...]:
+    """The status lines of `change`: `describe(change)`, if it has one; one per conversation
+    of a ConversationsQueued, as each one's AgentChanged would say. Made once when the status
+    writer and the dashboard model ask for the same change in turn (every agent output line
+    is one)."""
     global _last
     if _last[0] is not change:
-        _last = (change, describe(change))
+        if isinstance(change, ConversationsQueued):
+            found = tuple([line for each in change.each() if (line := describe(each))])
+        else:
+            line = describe(change)
+            found = (line,) if line is not None else ()
+        _last = (change, found)
     return _last[1]
 
 

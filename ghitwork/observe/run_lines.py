@@ -10,6 +10,7 @@ from ghitwork.bus.changes import (
     AgentChanged,
     AgentPaused,
     AgentState,
+    ConversationsQueued,
     Level,
     QuotaChanged,
     RunFinished,
@@ -115,6 +116,11 @@ def _finished_is_info(change: RunFinished) -> bool:
 @only_info.register
 def _changed_is_info(change: AgentChanged) -> bool:
     return change.new is not AgentState.THROTTLED
+
+
+@only_info.register
+def _queued_is_info(change: ConversationsQueued) -> bool:
+    return True
 
 
 @describe.register

@@ -21,7 +21,7 @@ from ghitwork.bus.changes import (
 )
 from ghitwork.model.durations import format_duration
 from ghitwork.model.redact import Redactor
-from ghitwork.observe.lines import LEVELS, Line, line_of, only_info, routed_line, timestamp
+from ghitwork.observe.lines import LEVELS, Line, lines_of, only_info, routed_line, timestamp
 
 
 class StatusWriter:
@@ -50,9 +50,9 @@ class StatusWriter:
             return
         if self.threshold > LEVELS[Level.INFO] and only_info(change):
             return
-        line = line_of(change)
-        if line is not None and self.enabled(line.level):
-            self._write(change.at, line)
+        for line in lines_of(change):
+            if self.enabled(line.level):
+                self._write(change.at, line)
 
     def _write(self, moment: float, line: Line) -> None:
         self.stream.write(self.format(moment, line) + "\n")

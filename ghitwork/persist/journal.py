@@ -17,6 +17,7 @@ from ghitwork.bus.changes import (
     AgentPaused,
     AgentState,
     Change,
+    ConversationsQueued,
     DeadLettersRedelivered,
     EventsRouted,
     Level,
@@ -125,11 +126,20 @@ class Journal:
     @_on.register
     def _changed(self, change: AgentChanged) -> None:
         if change.old is AgentState.NEEDS_INPUT and change.new is not AgentState.NEEDS_INPUT:
-            record: dict[str, object] = {"answered": change.agent}
-            if change.conversation:
-                record["conv"] = change.conversation
-            self.store.record(record)
-            self._commit(sync=False)
+            self._answered(change.agent, change.conversation)
+
+    @_on.register
+    def _queued(self, change: ConversationsQueued) -> None:
+        for conversation, old, _ in change.queued:
+            if old is AgentState.NEEDS_INPUT:  # its next event woke it
+                self._answered(change.agent, conversation)
+
+    def _answered(self, agent: str, conversation: str) -> None:
+        record: dict[str, object] = {"answered": agent}
+        if conversation:
+            record["conv"] = conversation
+        self.store.record(record)
+        self._commit(sync=False)
 
     @_on.register
     def _paused(self, change: AgentPaused) -> None:
