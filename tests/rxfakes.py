@@ -13,13 +13,14 @@ from reactivex import operators as ops
 from reactivex.testing import TestScheduler
 from reactivex.testing.reactivetest import ReactiveTest
 
-from ghitwork.bus.changes import Change, ConversationsQueued, Route
+from ghitwork.bus.changes import Change, ConversationsQueued, EventsRouted, Route
 from ghitwork.config import prompt
 from ghitwork.config.model import AgentConfig
 from ghitwork.flow import pipeline
 from ghitwork.flow.agent import Agent
 from ghitwork.flow.letters import DeadLetters
-from ghitwork.flow.routing import Matcher, Slots
+from ghitwork.flow.routing import Matcher, Pair, Slots
+from ghitwork.model.conversations import OWN, split
 from ghitwork.model.deadletter import DeadLetter
 from ghitwork.model.durations import parse_budget
 from ghitwork.model.events import Event
@@ -127,7 +128,7 @@ class FakeAgents:
     def route(self, event: Event) -> tuple[str, ...]:
         return self.matcher.match(event)
 
-    def routed(self, routes: tuple[Route, ...]) -> None:
+    def routed(self, routes: tuple[Route, ...], pairs: tuple[Pair, ...]) -> None:
         pass
 
     def split(self, name: str, events: Sequence[Event]) -> list[tuple[str, tuple[Event, ...]]]:
@@ -188,3 +189,22 @@ def run_flow(
     flow.subscribe(agents.results.append, lambda error: agents.results.append(error))  # type: ignore[arg-type]
     scheduler.advance_to(until)
     return agents.results
+
+
+def events_routed(
+    routes: Sequence[Route], threads: Iterable[str] = (), at: float | None = None
+) -> EventsRouted:
+    """EventsRouted as the pipeline publishes it: with each agent's events per conversation
+    (by thread for the agents in `threads`)."""
+    per_agent: dict[str, list[Event]] = {}
+    for event, agents in routes:
+        for name in agents:
+            per_agent.setdefault(name, []).append(event)
+    threaded = set(threads)
+    deliveries = tuple(
+        (name, tuple(split(events)) if name in threaded else ((OWN, tuple(events)),))
+        for name, events in per_agent.items()
+    )
+    if at is None:
+        return EventsRouted(routes=tuple(routes), deliveries=deliveries)
+    return EventsRouted(routes=tuple(routes), deliveries=deliveries, at=at)

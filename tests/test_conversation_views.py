@@ -26,7 +26,7 @@ import pytest
 from conftest import Running, Setup, event, ghit_work, poll, write_events
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from rxfakes import agent_config
+from rxfakes import agent_config, events_routed
 from test_ui_render import canvas, draw, model, text
 
 from ghitwork.app import commands
@@ -38,7 +38,6 @@ from ghitwork.bus.changes import (
     ConversationsQueued,
     DeadLettersRedelivered,
     EventsRestored,
-    EventsRouted,
     Level,
     RunFinished,
     RunStarted,
@@ -144,7 +143,7 @@ def two_threads() -> list[Change]:
             conversations={"a": {T41: Usage(input_tokens=1000, cost_usd=1.0)}},
             at=NOW - 60,
         ),
-        EventsRouted(routes=((ev(1), ("a",)), (ev(2, T41), ("a",)), (ev(3), ("a",))), at=NOW),
+        events_routed(((ev(1), ("a",)), (ev(2, T41), ("a",)), (ev(3), ("a",))), {"a"}, NOW),
         changed("a", "idle", "queued", 2, T39),
         changed("a", "idle", "queued", 1, T41),
         started("a", (1, 3), T39, session="S39"),
@@ -162,7 +161,7 @@ def two_threads() -> list[Change]:
             conversation=T41,
             at=NOW - 3,
         ),
-        EventsRouted(routes=((ev(4), ("a",)),), at=NOW),
+        events_routed(((ev(4), ("a",)),), {"a"}, NOW),
     ]
 
 
@@ -357,7 +356,7 @@ def test_in_agent_mode_the_one_conversation_is_the_agent() -> None:
 
 def test_events_and_letters_queue_in_their_conversation_and_saved_ones_in_the_agent() -> None:
     m = fed(two_threads()[:1])
-    m(EventsRouted(routes=((ev(1), ("a", "b")), (ev(2, None), ("a", "b"))), at=NOW))
+    m(events_routed(((ev(1), ("a", "b")), (ev(2, None), ("a", "b"))), {"a"}, NOW))
     a, b = m.view().agents
     assert {c.conversation: c.queue for c in a.conversations} == {T39: 1, "": 1}
     assert {c.conversation: c.queue for c in b.conversations} == {"": 2}

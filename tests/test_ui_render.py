@@ -7,7 +7,7 @@ from pathlib import Path
 from unittest.mock import MagicMock
 
 from asciimatics.screen import Canvas, Screen
-from rxfakes import agent_config
+from rxfakes import agent_config, events_routed
 
 from ghitwork.bus.changes import (
     AgentChanged,
@@ -81,7 +81,7 @@ def model() -> DashboardModel:
             ("thread:teams/ghit/ghit/39",),
             {"id": ident, "kind": kind, "summary": {"thread_title": title}},
         )
-        m(EventsRouted(routes=((event, agents),), at=NOW))
+        m(events_routed(((event, agents),), at=NOW))
     m(AgentChanged(agent="codex", old=AgentState.IDLE, new=AgentState.QUEUED, queue=1, at=NOW - 20))
     m(
         RunStarted(
@@ -270,7 +270,7 @@ def test_the_events_pane_follows_a_flood_whatever_memory_the_old_events_leave() 
             ident += 1
             summary = {"summary": {"thread_title": f"t{ident}"}}
             burst.append((Event(ident, "reply-created", "alice", ("team:ghit",), summary), ()))
-        model(EventsRouted(routes=tuple(burst)))
+        model(events_routed(burst))
         del burst
         lines = model.view().events
         assert [(line.id, line.title) for line in lines[-3:]] == [
@@ -283,7 +283,7 @@ def routed(*idents: int, to: tuple[str, ...] = ("codex",)) -> EventsRouted:
     events = (
         Event(i, "reply-created", "alice", ("team:ghit",), {"id": i, "summary": {}}) for i in idents
     )
-    return EventsRouted(routes=tuple((event, to) for event in events), at=NOW)
+    return events_routed([(event, to) for event in events], at=NOW)
 
 
 def test_a_working_agents_queue_grows_the_moment_events_are_routed_to_it() -> None:

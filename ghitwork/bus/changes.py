@@ -191,6 +191,8 @@ class DeadLettersRedelivered(Change):
 
 BATCH_SHOWN = 30  # events of a batch listed with kind and title (the rest by id only)
 Route = tuple[Event, tuple[str, ...]]  # an event and the agents it went to (maybe none)
+# an agent, and its conversations' events of one read (SPEC §12; `""` in agent mode)
+Delivery = tuple[str, tuple[tuple[str, tuple[Event, ...]], ...]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,9 +204,11 @@ class EventsRestored(Change):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EventsRouted(Change):
-    """The events of one read from the stream, in order, each with the agents it went to."""
+    """The events of one read from the stream, in order, each with the agents it went to;
+    and, per agent, which of its conversations they went to (what queues grow)."""
 
     routes: tuple[Route, ...]
+    deliveries: tuple[Delivery, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

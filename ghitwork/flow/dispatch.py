@@ -118,8 +118,8 @@ class Dispatcher:
     def route(self, event: Event) -> tuple[str, ...]:
         return self.matcher.match(event)
 
-    def routed(self, routes: tuple[Route, ...]) -> None:
-        self.publish(EventsRouted(routes=routes))
+    def routed(self, routes: tuple[Route, ...], pairs: tuple[Pair, ...]) -> None:
+        self.publish(EventsRouted(routes=routes, deliveries=pairs))
 
     def launch(self, config: AgentConfig, spec: RunSpec) -> Observable[RunResult]:
         """Start `spec` (what the agent decided to run): the invocation, with what only the

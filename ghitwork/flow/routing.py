@@ -14,7 +14,7 @@ import reactivex
 from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, SingleAssignmentDisposable
 
-from ghitwork.bus.changes import Route
+from ghitwork.bus.changes import Delivery, Route
 from ghitwork.config.model import AgentConfig
 from ghitwork.flow.agent import Schedule, call_later
 from ghitwork.model.events import Event
@@ -23,7 +23,7 @@ from ghitwork.model.scopes import covering
 _T = TypeVar("_T")
 Burst = Sequence[Event]  # the events of one read from the stream, in id order
 Part = tuple[str, tuple[Event, ...]]  # a conversation (SPEC §12) and its events of one burst
-Pair = tuple[str, tuple[Part, ...]]  # an agent, and its conversations' events of one burst
+Pair = Delivery  # an agent, and its conversations' events of one burst
 # An agent's deferred run, waiting for its slot: what makes the run's observable once the
 # slot is granted (a plain callable, not `reactivex.defer`: thread mode's catch-up asks for
 # tens of thousands, and an Observable each cost a fifth of that catch-up's time)
@@ -91,7 +91,7 @@ class Matcher:
 
 def fan_out(
     match: Callable[[Event], tuple[str, ...]],
-    routed: Callable[[tuple[Route, ...]], None],
+    routed: Callable[[tuple[Route, ...], tuple[Pair, ...]], None],
     split: Split,
 ) -> Callable[[Observable[Burst]], Observable[Pair]]:
     """A burst of events -> one (agent, ((conversation, its events), ...)) pair per agent
@@ -116,9 +116,10 @@ def fan_out(
                             per_agent[name] = [event]
                         else:
                             events.append(event)
-                routed(routes)
-                for name, events in per_agent.items():
-                    observer.on_next((name, tuple(split(name, events))))
+                pairs = tuple([(name, tuple(split(name, e))) for name, e in per_agent.items()])
+                routed(routes, pairs)
+                for pair in pairs:
+                    observer.on_next(pair)
 
             return source.subscribe(
                 on_next, observer.on_error, observer.on_completed, scheduler=scheduler

@@ -58,7 +58,7 @@ from ghitwork.bus.changes import (
     UsageLoaded,
     WorkspaceChanged,
 )
-from ghitwork.model.conversations import OWN, conversation_of
+from ghitwork.model.conversations import OWN
 from ghitwork.model.usage import MAX_CONVERSATIONS, NO_USAGE, Usage, day_of
 from ghitwork.observe.agents import MAX_IDLE as MAX_IDLE
 from ghitwork.observe.agents import _Agent, _Conversation
@@ -275,25 +275,10 @@ class DashboardModel(_DashboardState):
         routes = change.routes
         self.events_seen += len(routes)
         self.events.extend(routes)
-        threads = self._threads
-        added: dict[tuple[str, str], int] = {}
-        if not threads:  # the per-event path stays short
-            counts: dict[str, int] = {}
-            for _, agents in routes:
-                for name in agents:
-                    counts[name] = counts.get(name, 0) + 1
-            added = {(name, OWN): count for name, count in counts.items()}
-        else:
-            for event, agents in routes:
-                thread = None  # the event's conversation in thread mode, found once
-                for name in agents:
-                    if name in threads:
-                        if thread is None:
-                            thread = conversation_of(event)
-                        key = (name, thread)
-                    else:
-                        key = (name, OWN)
-                    added[key] = added.get(key, 0) + 1
+        # per conversation, not per event: the pipeline split the read already
+        added = {
+            (name, key): len(events) for name, parts in change.deliveries for key, events in parts
+        }
         self._queued(added)
         if self.threshold <= LEVELS[Level.DEBUG]:
             for event, agents in routes:
