@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from ghitwork.bus.changes import Notice, StateBus
+from ghitwork.bus.changes import AgentState, Notice, RunFinished, StateBus
 from ghitwork.model.events import Event
+from ghitwork.model.results import RunResult
+from ghitwork.persist import journal as journal_module
 from ghitwork.persist import saved as saved_module
 from ghitwork.persist.journal import Journal
 from ghitwork.persist.saved import Saved, SavedAgent
@@ -473,3 +475,56 @@ def test_a_snapshot_is_written_in_pieces_and_reads_back_whole(
     assert sorted(loaded.agents["a"].pending) == list(range(1, 8))
     assert loaded.agents["a"].sessions == {"": "s-a", "thread:x/1": "s-x"}
     assert loaded.cursor == 10
+
+
+def test_the_journal_remembers_a_bounded_number_of_session_ids_and_never_skips_a_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It writes a conversation's session id only when it changed, so it remembers what it
+    wrote, for the KEPT_SESSIONS most recent conversations only (thread mode: one per
+    thread). One it forgot is written again: a session cleared is never left unwritten."""
+    monkeypatch.setattr(journal_module, "KEPT_SESSIONS", 2)
+    store, saved, _ = opened(tmp_path)
+    store.compact(saved)
+    journal = Journal(store, StateBus(), Saved)
+
+    def finished(thread: str, session: str | None) -> None:
+        ran = RunResult("a", (1,), ("true",), 0.0, 0.0, returncode=0, conversation=thread)
+        journal(
+            RunFinished(
+                agent="a",
+                result=ran,
+                new=AgentState.IDLE,
+                queue=0,
+                session_id=session,
+                conversation=thread,
+            )
+        )
+
+    async def scenario() -> None:  # the journal defers its fsyncs on the loop
+        finished("thread:t/1", "S1")
+        finished("thread:t/1", "S1")  # unchanged: not written again
+        finished("thread:t/2", "S2")
+        finished("thread:t/3", "S3")  # thread 1 is forgotten
+        finished("thread:t/1", None)  # its session cleared: written all the same
+        journal._sync()  # what the timer would do
+
+    asyncio.run(scenario())
+    store.flush()
+    store.close()
+    path = tmp_path / f"journal-{store.generation}.jsonl"
+    sessions = [
+        (r.get("conv"), r["id"])
+        for r in map(json.loads, path.read_text().splitlines())
+        if "session" in r
+    ]
+    assert sessions == [
+        ("thread:t/1", "S1"),
+        ("thread:t/2", "S2"),
+        ("thread:t/3", "S3"),
+        ("thread:t/1", None),
+    ]
+    assert len(journal._sessions) == 2
+    reopened, again, _ = opened(tmp_path)
+    reopened.close()
+    assert again.agents["a"].sessions == {"thread:t/2": "S2", "thread:t/3": "S3"}

@@ -32,6 +32,7 @@ from ghitwork.persist.saved import Saved
 from ghitwork.persist.store import StateDirError, Store
 
 SYNC_DELAY = 0.1  # seconds an fsync of the journal may be deferred
+KEPT_SESSIONS = 10_000  # session ids the journal remembers having written (the most recent)
 
 
 class Journal:
@@ -52,7 +53,9 @@ class Journal:
         self._handle = handlers(vars(Journal)["_on"], self)
         self.queued = queued
         self.catching_up = catching_up  # tail-events has more output waiting
-        self._sessions: dict[tuple[str, str], str | None] = {}  # (agent, conversation)
+        # (agent, conversation) -> the session id journaled last (None: none), the most
+        # recently used last, at most KEPT_SESSIONS: one not known is journaled again
+        self._sessions: dict[tuple[str, str], str | None] = {}
         self._journaled = -1  # highest event id written to the journal
         self._sync_timer: asyncio.TimerHandle | None = None
         self._failing: str | None = None  # the write error reported, until a write succeeds
@@ -112,15 +115,16 @@ class Journal:
                 asks["conv"] = change.conversation
             self.store.record(asks)
         session, key = change.session_id, (change.agent, change.conversation)
-        if self._sessions.get(key) != session:
-            if session is None:
-                self._sessions.pop(key, None)
-            else:
-                self._sessions[key] = session
+        sessions = self._sessions
+        if key not in sessions or sessions[key] != session:
             record: dict[str, object] = {"session": change.agent, "id": session}
             if change.conversation:
                 record["conv"] = change.conversation
             self.store.record(record)
+        sessions.pop(key, None)
+        sessions[key] = session
+        if len(sessions) > KEPT_SESSIONS:  # a thread mode's threads: forget the oldest
+            del sessions[next(iter(sessions))]
         self._commit(sync=change.dead_letter is not None)
 
     @_on.register
