@@ -114,7 +114,7 @@ class Agent:
         # The agent's group in the pipeline (routing.batch_while_busy): where its
         # conversations ask for runs, and how its part of the flow ends at a stop or a
         # drain's end, once none of its conversations has a run outstanding.
-        self.request: Callable[[Callable[[], Observable[Any]]], None] | None = None
+        self.request: Callable[[tuple[Callable[[], Observable[Any]], ...]], None] | None = None
         self.closing = False
         self._complete: Callable[[], None] | None = None
         self._open: set[str] = set()  # conversations not yet finished when it closed
@@ -131,7 +131,9 @@ class Agent:
 
     # -- the Mailbox protocol of routing.batch_while_busy: the agent's group of the pipeline
     def attach(
-        self, request: Callable[[Callable[[], Observable[Any]]], None], complete: Callable[[], None]
+        self,
+        request: Callable[[tuple[Callable[[], Observable[Any]], ...]], None],
+        complete: Callable[[], None],
     ) -> None:
         self.request, self._complete = request, complete
         for conversation in list(self.conversations.values()):
@@ -157,10 +159,8 @@ class Agent:
                 queued=tuple([(c.key, old, len(c.pending)) for c, old in queued]),
             )
         )
-        request = self.request
-        if request is not None:
-            for conversation, _ in queued:
-                request(conversation.start)
+        if self.request is not None:
+            self.request(tuple([conversation.start for conversation, _ in queued]))
 
     def close(self) -> None:
         """Nothing more comes (a stop, a drain's end): the group ends once every

@@ -144,7 +144,7 @@ class Conversation:
             self.state = AgentState.QUEUED
             return True
         self._set(AgentState.QUEUED, was=was)
-        request(self.start)
+        request((self.start,))
         return True
 
     def _closed(self, was: AgentState | None = None) -> bool:

@@ -6,6 +6,7 @@ tested on its own in virtual time.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
@@ -24,10 +25,13 @@ _T = TypeVar("_T")
 Burst = Sequence[Event]  # the events of one read from the stream, in id order
 Part = tuple[str, tuple[Event, ...]]  # a conversation (SPEC §12) and its events of one burst
 Pair = Delivery  # an agent, and its conversations' events of one burst
-# An agent's deferred run, waiting for its slot: what makes the run's observable once the
-# slot is granted (a plain callable, not `reactivex.defer`: thread mode's catch-up asks for
-# tens of thousands, and an Observable each cost a fifth of that catch-up's time)
-Request = tuple[str, Callable[[], Observable[_T]]]
+# A deferred run, waiting for its slot: what makes the run's observable once the slot is
+# granted (a plain callable, not `reactivex.defer`: thread mode's catch-up asks for tens of
+# thousands, and an Observable each cost a fifth of that catch-up's time)
+Run = Callable[[], Observable[_T]]
+# An agent's deferred runs, in the order they were asked for: its conversations one read
+# queued go as one request (one Rx hop, not one each)
+Request = tuple[str, tuple[Run[_T], ...]]
 Split = Callable[[str, Sequence[Event]], Iterable[tuple[str, tuple[Event, ...]]]]
 CACHED = 50_000  # entries per Matcher cache; past it the cache starts again
 HOLD = 0.25  # seconds runs wait, at most, while a catch-up is read (Slots.backlog)
@@ -135,7 +139,7 @@ class Mailbox(Protocol):
     flow/conversation.py): it decides when a run of which conversation is requested."""
 
     def attach(
-        self, request: Callable[[Callable[[], Observable[_T]]], None], complete: Callable[[], None]
+        self, request: Callable[[tuple[Run[_T], ...]], None], complete: Callable[[], None]
     ) -> None: ...
 
     def add(self, parts: Sequence[Part]) -> None: ...
@@ -159,8 +163,8 @@ def batch_while_busy(
             observer: abc.ObserverBase[Request[_T]],
             scheduler: abc.SchedulerBase | None = None,
         ) -> abc.DisposableBase:
-            def request(run: Callable[[], Observable[_T]]) -> None:
-                observer.on_next((agent, run))
+            def request(runs: tuple[Run[_T], ...]) -> None:
+                observer.on_next((agent, runs))
 
             mailbox.attach(request, observer.on_completed)
             return source.subscribe(
@@ -293,7 +297,7 @@ class Slots:
                 group = CompositeDisposable()
                 stopped = False
 
-                def start(agent: str, run: Callable[[], Observable[_T]]) -> None:
+                def start(agent: str, run: Run[_T]) -> None:
                     self.active += 1
                     self.busy[agent] = self.busy.get(agent, 0) + 1
                     subscription = SingleAssignmentDisposable()
@@ -320,17 +324,18 @@ class Slots:
                     )
 
                 def on_next(request: Request[_T]) -> None:
-                    agent, run = request
-                    if not self._count and self._free() and self._agent_free(agent):
-                        start(agent, run)
-                        return
-                    runs = self._waiting.get(agent)
-                    if runs is None:
-                        runs = self._waiting[agent] = deque()
-                    runs.append((self._arrivals, lambda: start(agent, run)))
-                    self._arrivals += 1
-                    self._count += 1
-                    self._start_waiting()
+                    agent, runs = request
+                    for run in runs:
+                        if not self._count and self._free() and self._agent_free(agent):
+                            start(agent, run)
+                            continue
+                        waiting = self._waiting.get(agent)
+                        if waiting is None:
+                            waiting = self._waiting[agent] = deque()
+                        waiting.append((self._arrivals, functools.partial(start, agent, run)))
+                        self._arrivals += 1
+                        self._count += 1
+                        self._start_waiting()
 
                 def on_completed() -> None:
                     nonlocal stopped
