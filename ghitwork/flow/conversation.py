@@ -48,6 +48,20 @@ WAITING = (
 
 
 class Conversation:
+    __slots__ = (
+        "_timer",
+        "agent",
+        "batch",
+        "due",
+        "key",
+        "outstanding",
+        "pending",
+        "question",
+        "redelivered",
+        "state",
+        "tries",
+    )
+
     def __init__(self, agent: Agent, key: str) -> None:
         self.agent = agent
         self.key = key  # "" or a `thread:` scope
@@ -55,7 +69,7 @@ class Conversation:
         self.redelivered: set[int] = set()
         self.state = AgentState.IDLE if agent.config.enabled else AgentState.DISABLED
         self.batch: tuple[Event, ...] = ()
-        self.tries = policy.Tries()  # where the batch at the head of `pending` stands
+        self.tries = policy.FIRST  # where the batch at the head of `pending` stands
         self.due: float | None = None  # when a retry or a throttled run may start
         self.outstanding = False  # a run is requested (queued for a slot) or working
         self.question: str | None = None  # in needs-input: what its last run asked

@@ -32,6 +32,7 @@ from ghitwork.model.results import RunResult
 from ghitwork.model.usage import spent_since
 
 MAX_BACKOFF = 600.0  # the doubling stops at 10 minutes
+FIRST = Tries()  # a batch's first attempt (immutable: shared by every conversation)
 MIN_RATE_LIMIT_WAIT = 1.0  # "retry in 0s" must not become a tight loop
 
 
@@ -71,7 +72,7 @@ def next_tries(tries: Tries, decision: Decision) -> Tries:
         return tries  # no attempt used: the account waited, not the batch
     if isinstance(decision, Retry):
         return Tries(decision.attempt, tries.rate_limited + decision.rate_limited)
-    return Tries()
+    return FIRST
 
 
 # -- budgets: may a run start now?

@@ -37,7 +37,11 @@ def split(events: Sequence[Event]) -> list[tuple[str, tuple[Event, ...]]]:
         return [(conversation_of(events[0]), tuple(events))]
     found: dict[str, list[Event]] = {}
     for event in events:
-        key = conversation_of(event)
+        for key in event.scopes:  # conversation_of, inline: it runs for every event
+            if key.startswith("thread:"):
+                break
+        else:
+            key = OWN
         kept = found.get(key)
         if kept is None:
             found[key] = [event]
