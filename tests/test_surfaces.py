@@ -21,10 +21,9 @@ import pytest
 from conftest import GHIT_WORK, Running, Setup, event, ghit_work, poll, write_events
 from prometheus_client.parser import text_string_to_metric_families
 
-from ghitwork.bus.changes import ConfigApplied, StateBus
-from ghitwork.bus.secrets import follow_secrets
-from ghitwork.config.model import AgentConfig, Config
+from ghitwork.config.model import AgentConfig, Config, secret_values
 from ghitwork.config.prompt import default
+from ghitwork.flow.dispatch import Dispatcher
 from ghitwork.model.redact import Redactor
 
 # -- the Redactor, in-process
@@ -79,7 +78,10 @@ def test_a_secret_is_also_redacted_as_it_appears_in_json() -> None:
     assert secret not in json.loads(Redactor([secret]).text(line))["message"]
 
 
-def test_the_shared_redactor_follows_each_config_applied() -> None:
+def test_the_shared_redactor_follows_each_reload() -> None:
+    """The dispatcher refreshes the one redactor every surface shares (cli.py makes it) at
+    each reload, before the reload's ConfigApplied reaches them."""
+
     def config(env: dict[str, str]) -> Config:
         agent = AgentConfig(
             name="a",
@@ -93,13 +95,13 @@ def test_the_shared_redactor_follows_each_config_applied() -> None:
         )
         return Config(path=Path("x.toml"), agents=(agent,))
 
-    bus = StateBus()
-    redactor = Redactor()
-    bus.changes.subscribe(follow_secrets(redactor, {"GHIT_API_TOKEN": "ghp-token-1234"}))
-    bus.publish(ConfigApplied(config=config({})))
+    environ = {"GHIT_API_TOKEN": "ghp-token-1234"}
+    first = config({})
+    redactor = Redactor(secret_values(environ, first))
+    dispatcher = Dispatcher(first, lambda change: None, environ, redactor=redactor)
     assert redactor.text("ghp-token-1234 sk-new-key-5678") == "*** sk-new-key-5678"
     generation = redactor.generation
-    bus.publish(ConfigApplied(config=config({"OPENAI_API_KEY": "sk-new-key-5678"})))
+    dispatcher.reload(config({"OPENAI_API_KEY": "sk-new-key-5678"}))
     assert redactor.text("ghp-token-1234 sk-new-key-5678") == "*** ***"
     assert redactor.generation > generation
 

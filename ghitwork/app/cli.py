@@ -23,7 +23,6 @@ from ghitwork.app.daemon import Daemon, Exit
 from ghitwork.app.reaper import become_init_if_pid1
 from ghitwork.app.shutdown import error_line
 from ghitwork.bus.changes import Level, StateBus
-from ghitwork.bus.secrets import follow_secrets
 from ghitwork.config.load import load_config
 from ghitwork.config.model import (
     DEFAULT_CONFIG,
@@ -305,9 +304,9 @@ def run(config: Config, args: argparse.Namespace, err: TextIO) -> int:
     if reaped is not None:
         return reaped
     bus = StateBus()
-    # One redactor for every surface, refreshed at each reload: subscribed before them.
+    # One redactor for every surface; the dispatcher refreshes it at each reload, before the
+    # reload's ConfigApplied is published.
     redactor = Redactor(secret_values(os.environ, config))
-    bus.changes.subscribe(follow_secrets(redactor, os.environ))
     if not args.tui or not err.isatty():
         # With --tui the status lines go to the log pane; they still go to stderr when it
         # is redirected (`ghit-work --tui 2>>ghit-work.log`), never onto the screen.
