@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from ghitwork.app import control
 from ghitwork.app.shutdown import Exit
 from ghitwork.config.model import Config, ConfigError
 from ghitwork.model.durations import format_duration
@@ -71,15 +72,10 @@ def redeliver_command(
         print("no dead letters to hand back", file=out)
         return 0
     request_redelivery(state_dir, [letter.id for letter in chosen])
-    pid = running_pid(state_dir)
-    when = (
-        f"ghit-work (pid {pid}) delivers them within 2 s"
-        if pid is not None
-        else "no ghit-work runs on this state_dir: the next start delivers them first"
-    )
+    delivered = control.when(state_dir, "delivers them")
     count = sum(len(letter.events) for letter in chosen)
     names = ", ".join(str(letter.id) for letter in chosen)
-    print(f"handed back dead letter(s) {names} ({count} event(s)); {when}", file=out)
+    print(f"handed back dead letter(s) {names} ({count} event(s)); {delivered}", file=out)
     return 0
 
 

@@ -41,7 +41,9 @@ def _names(config: Config, agents: Sequence[str], every: bool, command: str) -> 
     return known if every else list(dict.fromkeys(agents))
 
 
-def _when(state_dir: Path, what: str) -> str:
+def when(state_dir: Path, what: str) -> str:
+    """When a request left in `state_dir` is taken: by the running instance (it looks at
+    its requests every second), or at the next start."""
     pid = running_pid(state_dir)
     if pid is not None:
         return f"ghit-work (pid {pid}) {what} within 2 s"
@@ -64,7 +66,7 @@ def pause_command(
         "" if until is None else f" until {clock_time(until)} ({format_duration(duration or 0)})"
     )
     print(
-        f"pause requested for {', '.join(names)}{lasting}: {_when(config.state_dir, 'applies it')}",
+        f"pause requested for {', '.join(names)}{lasting}: {when(config.state_dir, 'applies it')}",
         file=out,
     )
     return 0
@@ -91,7 +93,7 @@ def resume_command(config: Config, words: Sequence[str], every: bool, out: TextI
     payload: dict[str, object] = {"targets": [[agent, c] for agent, c in targets]}
     requests.request_control(config.state_dir, "resume", payload)
     shown = ", ".join(agent if c is None else f"{agent} [{c}]" for agent, c in targets)
-    print(f"resume requested for {shown}: {_when(config.state_dir, 'applies it')}", file=out)
+    print(f"resume requested for {shown}: {when(config.state_dir, 'applies it')}", file=out)
     return 0
 
 

@@ -32,7 +32,6 @@ def fault_text(error: BaseException) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RunSpec:
-    agent: str
     argv: tuple[str, ...]
     prompt: str
     env: Mapping[str, str]
@@ -99,7 +98,6 @@ def prepare(
     else:
         argv = tuple(config.cmd)
     return RunSpec(
-        agent=config.name,
         argv=argv,
         prompt=text,
         env=agent_environment(environ, config.env, config.name, conversation),
