@@ -19,7 +19,7 @@ from ghitwork.model.results import RunResult
 from ghitwork.model.usage import Pricing
 from ghitwork.run import invocation as runner
 from ghitwork.run.archive import Redactor
-from ghitwork.run.invocation import Invocation
+from ghitwork.run.invocation import Invocation, Why
 from ghitwork.run.output import Patterns
 from ghitwork.run.spec import agent_environment
 
@@ -47,6 +47,24 @@ def test_the_prompt_arrives_on_stdin_and_stdin_is_closed(tmp_path: Path) -> None
     result = invoke(tmp_path, code)
     assert result.ok and result.returncode == 0
     assert (tmp_path / "got").read_text() == "hello prompt\n"
+
+
+def test_the_prompt_is_let_go_once_written_not_held_while_the_run_lasts(tmp_path: Path) -> None:
+    """A batch of thousands makes a prompt of megabytes: a long run does not keep it."""
+    run = invocation(tmp_path, "import sys, time; sys.stdin.read(); time.sleep(60)")
+
+    async def scenario() -> str:
+        task = asyncio.ensure_future(run.run())
+        for _ in range(500):  # until its prompt is written (the process is running)
+            if run.pid is not None and not run.prompt:
+                break
+            await asyncio.sleep(0.01)
+        left = run.prompt
+        run.terminate(Why.STOPPING)
+        await task
+        return left
+
+    assert asyncio.run(scenario()) == ""
 
 
 def test_environment_drops_the_ghit_credentials_and_adds_env_and_agent_name() -> None:

@@ -157,6 +157,7 @@ class Dispatcher:
         )
         key = (config.name, spec.conversation)
         self.running[key] = invocation
+        spec = replace(spec, prompt="")  # the invocation has it, until it is written
 
         async def run() -> RunResult:
             try:

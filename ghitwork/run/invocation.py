@@ -260,6 +260,7 @@ class Invocation:
             if isinstance(stdin, asyncio.WriteTransport):
                 stdin.write(self.prompt.encode())
                 stdin.close()  # after the buffered prompt is written: the agent sees EOF
+            self.prompt = ""  # not held while the run lasts (a batch of thousands: megabytes)
         except Exception as error:
             self._failed("starting it", error)
         if self._why is not None:
