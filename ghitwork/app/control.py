@@ -148,11 +148,14 @@ def toggle(dispatcher: Dispatcher, name: str, by: str) -> bool:
     return pause(dispatcher, name, by)
 
 
-def take_controls(state_dir: Path, dispatcher: Dispatcher, bus: StateBus) -> None:
+def take_controls(
+    state_dir: Path, dispatcher: Dispatcher, bus: StateBus, names: list[str] | None = None
+) -> None:
     """Apply the pause and resume requests left in state_dir, oldest first; each is removed
-    once its outcome is journaled (the journal writes a pause fsynced)."""
+    once its outcome is journaled (the journal writes a pause fsynced). `names`: the
+    requests folder's listing, when already made."""
     for control in requests.pending_controls(
-        state_dir, lambda message: bus.notice(Level.WARNING, "control", message)
+        state_dir, lambda message: bus.notice(Level.WARNING, "control", message), names
     ):
         by = f"ghit-work {control.kind}"
         data = control.data

@@ -377,8 +377,10 @@ class Daemon:
 
     def _tick(self) -> None:
         """Once a second: take the requests left in state_dir, rewrite status.json."""
-        control.take_controls(self.config.state_dir, self.dispatcher, self.bus)
-        self.intake.take_requests(self.config.state_dir, self.dispatcher, self.bus)
+        names = requests.listing(self.config.state_dir)  # one look, for both kinds
+        if names:
+            control.take_controls(self.config.state_dir, self.dispatcher, self.bus, names)
+            self.intake.take_requests(self.config.state_dir, self.dispatcher, self.bus, names)
         self.snapshots.write_if_changed()
         self._ticks = asyncio.get_running_loop().call_later(TICK, self._tick)
 

@@ -76,10 +76,17 @@ class Intake:
                     agent.conversation(conversation).merge(events)
         return count
 
-    def take_requests(self, state_dir: Path, dispatcher: Dispatcher, bus: StateBus) -> None:
+    def take_requests(
+        self,
+        state_dir: Path,
+        dispatcher: Dispatcher,
+        bus: StateBus,
+        names: list[str] | None = None,
+    ) -> None:
         """Redelivery requests `ghit-work redeliver` left in state_dir (persist/requests.py),
-        each removed only once the journal has its redelivery."""
+        each removed only once the journal has its redelivery. `names`: the requests
+        folder's listing, when already made."""
         unreadable = functools.partial(bus.notice, Level.WARNING, "redeliver")
-        for request in requests.pending_requests(state_dir, report=unreadable):
+        for request in requests.pending_requests(state_dir, unreadable, names):
             self.redeliver(dispatcher, request.ids, "ghit-work redeliver")
             requests.consumed(request)

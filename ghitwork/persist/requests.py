@@ -65,21 +65,30 @@ class Control:
 CONTROLS = ("pause", "resume")
 
 
-def pending_controls(state_dir: Path, report: Callable[[str], None]) -> list[Control]:
-    """Pause and resume requests not applied yet, in the order they were written; one that
-    cannot be read is moved aside as `*.bad` and reported."""
-    folder = state_dir / REQUESTS
+def listing(state_dir: Path) -> list[str]:
+    """The names in state_dir's requests folder (none when it is missing or unreadable):
+    the running instance looks once a second, and hands the one listing to both readers."""
     try:
-        found = [
-            (int(parts[1]), entry.name, parts[0])
-            for entry in os.scandir(folder)
-            if entry.name.endswith(".json")
-            and (parts := entry.name.split("-"))[0] in CONTROLS
-            and len(parts) == 3
-            and parts[1].isdigit()
-        ]
+        return [entry.name for entry in os.scandir(state_dir / REQUESTS)]
     except OSError:
         return []
+
+
+def pending_controls(
+    state_dir: Path, report: Callable[[str], None], names: list[str] | None = None
+) -> list[Control]:
+    """Pause and resume requests not applied yet, in the order they were written; one that
+    cannot be read is moved aside as `*.bad` and reported. `names`: the folder's `listing`,
+    when already made."""
+    folder = state_dir / REQUESTS
+    found = [
+        (int(parts[1]), name, parts[0])
+        for name in (listing(state_dir) if names is None else names)
+        if name.endswith(".json")
+        and (parts := name.split("-"))[0] in CONTROLS
+        and len(parts) == 3
+        and parts[1].isdigit()
+    ]
     controls = []
     for _, name, kind in sorted(found):
         path = folder / name
@@ -109,22 +118,22 @@ class Request:
     ids: tuple[int, ...]
 
 
-def pending_requests(state_dir: Path, report: Callable[[str], None] | None = None) -> list[Request]:
+def pending_requests(
+    state_dir: Path, report: Callable[[str], None] | None = None, names: list[str] | None = None
+) -> list[Request]:
     """Requests not consumed yet, oldest first (a writer's temp files start with a dot and
     are never read). One that cannot be read is left out; given `report` (the running
     instance, which owns the requests), it is also moved aside as `*.bad` and reported,
-    once; the commands beside it only leave it out."""
+    once; the commands beside it only leave it out. `names`: the folder's `listing`, when
+    already made."""
     folder = state_dir / REQUESTS
-    try:
-        names = sorted(
-            entry.name
-            for entry in os.scandir(folder)
-            if entry.name.startswith("redeliver-") and entry.name.endswith(".json")
-        )
-    except OSError:
-        return []
+    wanted = sorted(
+        name
+        for name in (listing(state_dir) if names is None else names)
+        if name.startswith("redeliver-") and name.endswith(".json")
+    )
     requests = []
-    for name in names:
+    for name in wanted:
         path = folder / name
         try:
             data = json.loads(path.read_bytes())
