@@ -108,7 +108,7 @@ class DashboardModel(_DashboardState):
                 current.unplaced += count
                 current.shown = None
             else:
-                self._queued({(name, OWN): count})
+                self._queued([(name, [(OWN, count)])])
         return False
 
     @_reduce.register
@@ -134,8 +134,12 @@ class DashboardModel(_DashboardState):
         current = self._agent(change.agent)
         if current.threads:
             current.unplaced = 0  # its conversations tell their queues from now on
+        conversations, routed_at = current.conversations, self._routed_at
         for key, _, queue in change.queued:
-            found = current.conversation(key, at)
+            found = conversations.get(key)
+            if found is None or found.active != routed_at:
+                found = current.conversation(key, at)  # made, or now the most recently active
+            # else: the read that queued it just made it the most recently active
             found.active = found.since = at
             found.state, found.queue, found.problem, found.due = AgentState.QUEUED, queue, "", None
             current.changed(found)
@@ -185,7 +189,7 @@ class DashboardModel(_DashboardState):
         for letter in change.letters:
             key = (letter.agent, letter.conversation if letter.agent in threads else OWN)
             added[key] = added.get(key, 0) + len(letter.events)
-        self._queued(added)
+        self._queued((name, [(key, count)]) for (name, key), count in added.items())
         return True
 
     @_reduce.register
@@ -276,10 +280,10 @@ class DashboardModel(_DashboardState):
         self.events_seen += len(routes)
         self.events.extend(routes)
         # per conversation, not per event: the pipeline split the read already
-        added = {
-            (name, key): len(events) for name, parts in change.deliveries for key, events in parts
-        }
-        self._queued(added)
+        self._queued(
+            (name, [(key, len(events)) for key, events in parts])
+            for name, parts in change.deliveries
+        )
         if self.threshold <= LEVELS[Level.DEBUG]:
             for event, agents in routes:
                 self.log.append(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from ghitwork.bus.changes import (
@@ -62,6 +62,7 @@ class _DashboardState:
         self.config: Config | None = None
         self.agents: dict[str, _Agent] = {}
         self._threads: frozenset[str] = frozenset()  # agents with one conversation per thread
+        self._routed_at = 0.0  # when `_queued` last made conversations the most recently active
         # Recent events as they came (the lines are made only when a view is asked for: a
         # catch-up of 100,000 events must not build 100,000 lines nobody reads).
         self.events: deque[tuple[Event, tuple[str, ...]]] = deque(maxlen=MAX_EVENTS)
@@ -101,16 +102,17 @@ class _DashboardState:
         self.attention.append(text)
         self.log.append(text)
 
-    def _queued(self, added: dict[tuple[str, str], int]) -> None:
-        """`count` events queued for each (agent, conversation): queues grow now, not at the
-        next state change."""
-        now = self.clock()
-        for (name, key), count in added.items():
+    def _queued(self, added: Iterable[tuple[str, Iterable[tuple[str, int]]]]) -> None:
+        """For each agent, `count` events queued in each (conversation, count): queues grow
+        now, not at the next state change."""
+        now = self._routed_at = self.clock()
+        for name, counts in added:
             current = self._agent(name)
-            found = current.conversation(key, now)
-            found.queue += count
-            found.active = now
-            current.changed(found)
+            for key, count in counts:
+                found = current.conversation(key, now)
+                found.queue += count
+                found.active = now
+                current.changed(found)
 
     def _configure(self, config: Config, at: float) -> None:
         self.config = config
