@@ -721,3 +721,23 @@ def test_two_threads_in_status_and_metrics(setup: Setup) -> None:
         assert {c["state"] for c in kept.values()} == {"idle"}
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
+
+
+def test_a_conversation_queued_without_a_read_becomes_the_most_recently_active() -> None:
+    """Saved events queued again at start (no EventsRouted before them): a conversation the
+    model knew as idle (from the usage kept) moves to the most recently active; one that
+    the same read had just made so stays where it is."""
+    m = DashboardModel(clock=lambda: NOW)
+    m(ConfigApplied(config=config(threads("a")), at=NOW - 60))
+    cost = Usage(input_tokens=10, cost_usd=0.1)
+    m(UsageLoaded(totals={"a": cost}, days={}, conversations={"a": {T39: cost, T41: cost}}))
+    assert list(m.agents["a"].conversations) == [T39, T41]
+    m(ConversationsQueued(agent="a", queued=((T39, AgentState.IDLE, 1),), at=NOW))
+    assert list(m.agents["a"].conversations) == [T41, T39]
+    m(events_routed(((ev(5, T41), ("a",)),), {"a"}, NOW + 1))
+    m(ConversationsQueued(agent="a", queued=((T41, AgentState.IDLE, 1),), at=NOW + 1))
+    assert list(m.agents["a"].conversations) == [T39, T41]
+    assert {c.conversation: (str(c.state), c.queue) for c in m.view().agents[0].conversations} == {
+        T39: ("queued", 1),
+        T41: ("queued", 1),
+    }

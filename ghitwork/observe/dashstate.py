@@ -62,7 +62,7 @@ class _DashboardState:
         self.config: Config | None = None
         self.agents: dict[str, _Agent] = {}
         self._threads: frozenset[str] = frozenset()  # agents with one conversation per thread
-        self._routed_at = 0.0  # when `_queued` last made conversations the most recently active
+        self._routed_at = -1.0  # when `_queued` last made conversations the most recently active
         # Recent events as they came (the lines are made only when a view is asked for: a
         # catch-up of 100,000 events must not build 100,000 lines nobody reads).
         self.events: deque[tuple[Event, tuple[str, ...]]] = deque(maxlen=MAX_EVENTS)
