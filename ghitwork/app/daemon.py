@@ -32,7 +32,6 @@ from ghitwork.bus.changes import (
 from ghitwork.config.model import Config, ConfigError
 from ghitwork.flow import pipeline
 from ghitwork.flow.dispatch import Dispatcher
-from ghitwork.flow.durable import RESTORED_AT_ONCE
 from ghitwork.flow.routing import Slots
 from ghitwork.model.redact import Redactor
 from ghitwork.notify.notifier import Notifier
@@ -221,13 +220,7 @@ class Daemon:
             self.notifier.start()  # before the pauses asked for while stopped apply
             # Pauses asked for while no instance ran apply before any saved event runs.
             control.take_controls(self.config.state_dir, self.dispatcher, self.bus)
-            queued = 0
-            for pair in restored:  # each of at most RESTORED_AT_ONCE conversations
-                self.intake.injected.on_next(pair)
-                queued += len(pair[1])
-                if queued >= RESTORED_AT_ONCE:
-                    queued = 0
-                    await asyncio.sleep(0)  # the first runs start while the rest is queued
+            await self.intake.restore(restored)
             loop.call_soon(self._tick)  # after them: status.json can wait for the first runs
             return await self._supervise(drained, saved.cursor)
         finally:

@@ -8,6 +8,7 @@ fatal (`fail(stage, error)`), and nothing more is routed."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from reactivex.subject import Subject
 
 from ghitwork.bus.changes import Level, StateBus
 from ghitwork.flow.dispatch import Dispatcher
+from ghitwork.flow.durable import RESTORED_AT_ONCE
 from ghitwork.flow.routing import Burst, Pair, Slots
 from ghitwork.persist import requests
 from ghitwork.persist.journal import Journal
@@ -39,6 +41,17 @@ class Intake:
         self.failed = failed
         self.routed: int | None = None  # the last event routed and journaled
         self.backlog = False  # the last read from tail-events left more waiting
+
+    async def restore(self, pairs: Sequence[Pair]) -> None:
+        """The saved events (flow/durable.py's pairs), delivered first: the loop turns every
+        RESTORED_AT_ONCE conversations, so the first runs start while the rest is queued."""
+        queued = 0
+        for pair in pairs:
+            self.injected.on_next(pair)
+            queued += len(pair[1])
+            if queued >= RESTORED_AT_ONCE:
+                queued = 0
+                await asyncio.sleep(0)
 
     def behind(self, more: bool) -> None:
         """After each read from tail-events: whether more is already waiting (a catch-up)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +48,8 @@ Launch = Callable[[AgentConfig, RunSpec], Observable[RunResult]]
 # (the agent's config, conversation, workspace path, done(removed)) -> remove an idle
 # workspace; `done(False)`: its teardown failed, the workspace is kept and tried again later
 Teardown = Callable[[AgentConfig, str, str, Callable[[bool], None]], None]
+# where the agent's group asks for runs (routing.batch_while_busy): its deferred runs
+Request = Callable[[tuple[Callable[[], Observable[Any]], ...]], None]
 
 
 def call_later(delay: float, action: Callable[[], None]) -> Callable[[], None]:
@@ -114,7 +116,7 @@ class Agent:
         # The agent's group in the pipeline (routing.batch_while_busy): where its
         # conversations ask for runs, and how its part of the flow ends at a stop or a
         # drain's end, once none of its conversations has a run outstanding.
-        self.request: Callable[[tuple[Callable[[], Observable[Any]], ...]], None] | None = None
+        self.request: Request | None = None
         self.closing = False
         self._complete: Callable[[], None] | None = None
         self._open: set[str] = set()  # conversations not yet finished when it closed
@@ -130,11 +132,7 @@ class Agent:
         return found
 
     # -- the Mailbox protocol of routing.batch_while_busy: the agent's group of the pipeline
-    def attach(
-        self,
-        request: Callable[[tuple[Callable[[], Observable[Any]], ...]], None],
-        complete: Callable[[], None],
-    ) -> None:
+    def attach(self, request: Request, complete: Callable[[], None]) -> None:
         self.request, self._complete = request, complete
         for conversation in list(self.conversations.values()):
             conversation.wake()  # restored before the group existed
@@ -295,27 +293,12 @@ class Agent:
             return None  # the common case, on every run's path: no budget, no reckoning
         return policy.throttle(self.config, self.runs, self.ledger.recent(self.name), self.clock())
 
-    def hot_scope(self, pending: Sequence[Event]) -> str:
-        """The scope that woke the agent most in its budget's window (its recent runs and
-        `pending`): where an agent-to-agent loop usually is."""
-        budget = self.config.budget
-        since = self.clock() - (budget.window if budget else 0.0)
-        counts: Counter[str] = Counter()
-        for started, scopes in self.run_scopes:
-            if started > since:
-                counts.update(scopes)
-        counts.update(main_scope(event) for event in pending)
-        if not counts:
-            return ""
-        scope, count = counts.most_common(1)[0]
-        return f"; most events from {scope} ({count} in the window)"
-
     def started(self, batch: Sequence[Event]) -> None:
         """A run of one of its conversations started (budgets count it)."""
         started = self.clock()
         self.runs.append(started)
         del self.runs[:-RECENT_STARTS]
-        if self.config.budget is not None:  # what a throttle message names (_hot_scope)
+        if self.config.budget is not None:  # what a throttle message names (policy.hot_scope)
             self.run_scopes.append((started, tuple(main_scope(event) for event in batch)))
 
     def bury(self, key: str, batch: Sequence[Event], result: RunResult) -> DeadLetter | None:

@@ -39,12 +39,7 @@ from ghitwork.run.spec import fault_text, prepare
 if TYPE_CHECKING:
     from ghitwork.flow.agent import Agent
 
-WAITING = (
-    AgentState.RETRYING,
-    AgentState.RATE_LIMITED,
-    AgentState.THROTTLED,
-    AgentState.QUOTA,
-)
+WAITING = (AgentState.RETRYING, AgentState.RATE_LIMITED, AgentState.THROTTLED, AgentState.QUOTA)
 
 
 class Conversation:
@@ -173,10 +168,12 @@ class Conversation:
         return True
 
     def _throttle(self, held: policy.Throttle, was: AgentState | None = None) -> None:
-        delay = max(0.0, held.until - self.agent.clock())
+        now = self.agent.clock()
+        delay = max(0.0, held.until - now)
+        hot = policy.hot_scope(self.config.budget, self.agent.run_scopes, self.pending, now)
         reason = (
             f"{held.budget} used up, runs again at {clock_time(held.until)} "
-            f"(in {format_duration(delay)}){self.agent.hot_scope(self.pending)}"
+            f"(in {format_duration(delay)}){hot}"
         )
         self.due = held.until
         self._set(AgentState.THROTTLED, reason, was)

@@ -16,10 +16,12 @@ alone.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ghitwork.config.model import AgentConfig
+from ghitwork.model.conversations import main_scope
 from ghitwork.model.decisions import Decision as Decision
 from ghitwork.model.decisions import Done as Done
 from ghitwork.model.decisions import GiveUp as GiveUp
@@ -28,6 +30,7 @@ from ghitwork.model.decisions import Quota as Quota
 from ghitwork.model.decisions import Retry as Retry
 from ghitwork.model.decisions import Tries as Tries
 from ghitwork.model.durations import Budget, SpendBudget, format_duration
+from ghitwork.model.events import Event
 from ghitwork.model.results import RunResult
 from ghitwork.model.usage import spent_since
 
@@ -140,6 +143,26 @@ def throttle(
             used = budget.shown(tokens if budget.tokens else cost)
             held.append(Throttle(until, f"{name} {budget} ({used} spent)"))
     return max(held, key=lambda throttle: throttle.until, default=None)
+
+
+def hot_scope(
+    budget: Budget | None,
+    run_scopes: Iterable[tuple[float, tuple[str, ...]]],
+    pending: Sequence[Event],
+    now: float,
+) -> str:
+    """The scope that woke the agent most in its budget's window (its recent runs' scopes,
+    and `pending`): where an agent-to-agent loop usually is; named in a throttle message."""
+    since = now - (budget.window if budget else 0.0)
+    counts: Counter[str] = Counter()
+    for started, scopes in run_scopes:
+        if started > since:
+            counts.update(scopes)
+    counts.update(main_scope(event) for event in pending)
+    if not counts:
+        return ""
+    scope, count = counts.most_common(1)[0]
+    return f"; most events from {scope} ({count} in the window)"
 
 
 def describe_retry(retry: Retry, attempts: int, clock_time: str) -> str:
