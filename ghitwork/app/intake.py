@@ -17,10 +17,11 @@ from reactivex.subject import Subject
 
 from ghitwork.bus.changes import Level, StateBus
 from ghitwork.flow.dispatch import Dispatcher
-from ghitwork.flow.durable import RESTORED_AT_ONCE
 from ghitwork.flow.routing import Burst, Pair, Slots
 from ghitwork.persist import requests
 from ghitwork.persist.journal import Journal
+
+RESTORED_AT_ONCE = 500  # saved conversations queued between two turns of the loop
 
 
 class Intake:
@@ -46,12 +47,14 @@ class Intake:
         """The saved events (flow/durable.py's pairs), delivered first: the loop turns every
         RESTORED_AT_ONCE conversations, so the first runs start while the rest is queued."""
         queued = 0
-        for pair in pairs:
-            self.injected.on_next(pair)
-            queued += len(pair[1])
-            if queued >= RESTORED_AT_ONCE:
-                queued = 0
-                await asyncio.sleep(0)
+        for name, parts in pairs:
+            for start in range(0, len(parts), RESTORED_AT_ONCE):
+                chunk = parts[start : start + RESTORED_AT_ONCE]
+                self.injected.on_next((name, chunk))
+                queued += len(chunk)
+                if queued >= RESTORED_AT_ONCE:
+                    queued = 0
+                    await asyncio.sleep(0)
 
     def behind(self, more: bool) -> None:
         """After each read from tail-events: whether more is already waiting (a catch-up)."""

@@ -27,8 +27,8 @@ class Accounts:
         self,
         publish: Callable[[Change], None],
         members: Callable[[str], Iterable[str]],
+        schedule: Schedule,
         clock: Callable[[], float] = time.time,
-        schedule: Schedule | None = None,
         jitter: Callable[[], float] = lambda: random.uniform(*JITTER),
     ) -> None:
         self.publish = publish
@@ -67,9 +67,8 @@ class Accounts:
         cancel = self._timers.pop(account, None)
         if cancel is not None:
             cancel()
-        if self.schedule is not None:
-            delay = max(0.0, until - self.clock())
-            self._timers[account] = self.schedule(delay, lambda: self._opened(account, until))
+        delay = max(0.0, until - self.clock())
+        self._timers[account] = self.schedule(delay, lambda: self._opened(account, until))
         self.publish(
             QuotaChanged(
                 account=account,

@@ -28,7 +28,7 @@ from ghitwork.bus.changes import (
 )
 from ghitwork.config.model import AgentConfig
 from ghitwork.flow import policy
-from ghitwork.flow.accounts import Accounts
+from ghitwork.flow.accounts import Accounts, Schedule
 from ghitwork.flow.conversation import Conversation
 from ghitwork.flow.letters import DeadLetters
 from ghitwork.model.conversations import OWN, main_scope, split
@@ -42,7 +42,6 @@ from ghitwork.run.spec import RunSpec
 RECENT_STARTS = MAX_BUDGET_RUNS  # run start times kept (enough for any run budget)
 MAX_SESSIONS = 10_000  # session ids kept per agent (the most recently used)
 
-Schedule = Callable[[float, Callable[[], None]], Callable[[], None]]
 # (the agent's config, what to run) -> the run (flow/dispatch.py)
 Launch = Callable[[AgentConfig, RunSpec], Observable[RunResult]]
 # (the agent's config, conversation, workspace path, done(removed)) -> remove an idle

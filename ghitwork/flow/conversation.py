@@ -224,6 +224,7 @@ class Conversation:
         self.outstanding = True
         batch, self.pending = self.pending, []
         agent = self.agent
+        redelivered = self.was_redelivered(batch)
         try:
             spec = prepare(
                 self.config,
@@ -231,7 +232,7 @@ class Conversation:
                 agent.environ,
                 session_id=self.session_id,
                 attempt=self.tries.attempt,
-                redelivered=self.was_redelivered(batch),
+                redelivered=redelivered,
                 conversation=self.key,
                 setup=agent.needs_setup(self.key),
             )
@@ -251,7 +252,7 @@ class Conversation:
                 event_ids=tuple([e.id for e in batch]),
                 pid=None,
                 resumed=self.resumed,
-                redelivered=self.was_redelivered(batch),
+                redelivered=redelivered,
                 session_id=self.session_id,
                 queue=len(self.pending),
                 attempt=self.tries.attempt,

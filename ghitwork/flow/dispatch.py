@@ -71,7 +71,7 @@ class Dispatcher:
         self.ledger = Ledger()
         self._idle_waiters: list[asyncio.Future[None]] = []
         self.workspaces = Workspaces(self.environ, self.redactor, self.children, self._notice)
-        self.accounts = Accounts(self._publish, self._members, schedule=call_later)
+        self.accounts = Accounts(self._publish, self._members, call_later)
         for agent in config.agents:
             self.agent(agent.name)
 
@@ -336,7 +336,7 @@ class Dispatcher:
         self.config = config
         self.redactor.update(secret_values(self.environ, config))
         self.matcher = Matcher(config.agents)
-        added, changed = [], []
+        added = []
         for agent_config in config.agents:
             agent = self.agents.get(agent_config.name)
             if agent is None:
@@ -345,8 +345,6 @@ class Dispatcher:
                 continue
             if agent.removed:
                 added.append(agent_config.name)
-            else:
-                changed.append(agent_config.name)
             agent.removed = False
             agent.reconfigure(agent_config)
         names = {agent.name for agent in config.agents}

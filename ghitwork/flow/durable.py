@@ -25,9 +25,6 @@ if TYPE_CHECKING:
     from ghitwork.flow.dispatch import Dispatcher
 
 
-RESTORED_AT_ONCE = 500  # saved conversations queued between two turns of the loop
-
-
 def _event(saved: dict[str, Any] | Event) -> Event | Malformed:
     """A saved event: kept as its bytes (the journal's and snapshot's), or an object."""
     return saved if isinstance(saved, Event) else to_event(saved, b"")
@@ -74,8 +71,7 @@ def restore(self: Dispatcher, saved: Saved) -> list[Pair]:
         for conversation, part in parts:
             mailbox = agent.conversation(conversation)
             mailbox.redelivered.update(e.id for e in part if e.id in redelivered)
-        for start in range(0, len(parts), RESTORED_AT_ONCE):  # the loop turns between them
-            pairs.append((name, tuple(parts[start : start + RESTORED_AT_ONCE])))
+        pairs.append((name, tuple(parts)))
         agent.restore_workspaces(
             {key: Workspace(path, used) for key, (path, used) in kept.workspaces.items()}
         )

@@ -17,7 +17,8 @@ from reactivex.disposable import CompositeDisposable, SingleAssignmentDisposable
 
 from ghitwork.bus.changes import Delivery, Route
 from ghitwork.config.model import AgentConfig
-from ghitwork.flow.agent import Schedule, call_later
+from ghitwork.flow.accounts import Schedule
+from ghitwork.flow.agent import call_later
 from ghitwork.model.events import Event
 from ghitwork.model.scopes import covering
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from ghitwork.bus.changes import Level
 from ghitwork.config.model import AgentConfig
 from ghitwork.flow.agent import Agent
+from ghitwork.model.conversations import shown
 from ghitwork.model.redact import Redactor
 from ghitwork.run import workspace
 from ghitwork.run.spec import RunSpec, agent_environment, workspace_teardown
@@ -53,7 +54,7 @@ class Workspaces:
     ) -> None:
         """Remove an idle workspace (`workspace_teardown` in it first), off the loop's path;
         `done(removed)` when it is over."""
-        who = "agent " + config.name + (f" [{conversation}]" if conversation else "")
+        who = shown(config.name, conversation)
 
         async def remove() -> None:
             env = agent_environment(self.environ, config.env, config.name, conversation)

@@ -34,6 +34,13 @@ def id_ranges(ids: Sequence[int], most: int = 8) -> str:
     return ",".join(parts)
 
 
+def pause_text(until: float | None, by: str, reason: str) -> str:
+    """`paused until 17:41:00Z by alice: deploy`, as every surface says it (SPEC §13)."""
+    when = f" until {clock_time(until)}" if until is not None else ""
+    why = f": {reason}" if reason else ""
+    return f"paused{when} by {by or 'the operator'}{why}"
+
+
 def quota_text(account: str, until: float, own: bool) -> str:
     """`quota until 17:41:00Z (account max)`; `(its own account)` for an agent without one."""
     whose = "its own account" if own else f"account {account}"

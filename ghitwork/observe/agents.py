@@ -22,7 +22,7 @@ from ghitwork.bus.changes import (
 from ghitwork.config.model import AgentConfig
 from ghitwork.model.conversations import OWN
 from ghitwork.model.deadletter import DeadLetter
-from ghitwork.model.durations import clock_time
+from ghitwork.model.formatting import pause_text
 from ghitwork.model.formatting import quota_text as describe_quota
 from ghitwork.model.results import RunResult
 from ghitwork.model.usage import NO_USAGE, Usage
@@ -225,9 +225,7 @@ class _Agent:
             session, attempt, due, problem = one.session_id, one.attempt, one.due, one.problem
         if self.paused is not None and self.state is AgentState.PAUSED:
             pause = self.paused
-            until = f" until {clock_time(pause.until)}" if pause.until is not None else ""
-            reason = f": {pause.reason}" if pause.reason else ""
-            problem, due = f"paused{until} by {pause.by or 'the operator'}{reason}", pause.until
+            problem, due = pause_text(pause.until, pause.by, pause.reason), pause.until
         elif self.quota is not None and self.state is AgentState.QUOTA and self.quota.until:
             quota = self.quota
             own = quota.account == self.name and (not self.config or not self.config.account)

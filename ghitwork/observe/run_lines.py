@@ -20,7 +20,7 @@ from ghitwork.bus.changes import (
 from ghitwork.flow.policy import describe_retry
 from ghitwork.model.conversations import shown
 from ghitwork.model.durations import clock_time, format_duration
-from ghitwork.model.formatting import id_ranges
+from ghitwork.model.formatting import id_ranges, pause_text
 from ghitwork.observe.line import Line, count_events, describe, only_info, timestamp
 
 
@@ -163,11 +163,9 @@ def _run_finished(change: RunFinished) -> Line | None:
 def _agent_paused(change: AgentPaused) -> Line | None:
     """An agent paused or resumed (SPEC §13)."""
     if change.paused:
-        until = f" until {clock_time(change.until)}" if change.until is not None else ""
-        why = f": {change.reason}" if change.reason else ""
         again = " (kept from before the restart)" if change.restored else ""
         message = (
-            f"agent {change.agent}: paused{until} by {change.by or 'the operator'}{why}{again}"
+            f"agent {change.agent}: {pause_text(change.until, change.by, change.reason)}{again}"
         )
     else:
         message = f"agent {change.agent}: resumed by {change.by or 'the operator'}"
