@@ -232,11 +232,8 @@ class Dispatcher:
             events = tuple(
                 e for e in (to_event(data, b"") for data in letter.events) if isinstance(e, Event)
             )
-            agent = self.agent(letter.agent)
-            parts = agent.split(events)
-            for conversation, part in parts:
-                agent.conversation(conversation).redelivered.update(event.id for event in part)
-            pairs.append((letter.agent, tuple(parts)))
+            every = {event.id for event in events}  # the agent is told of them all
+            pairs.append((letter.agent, durable.requeue(self.agent(letter.agent), events, every)))
         return len(letters), pairs
 
     def refuse_new_runs(self) -> None:

@@ -6,6 +6,7 @@ the dead letters). `self` is the Dispatcher (flow/dispatch.py)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Container, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ghitwork.bus.changes import (
@@ -17,12 +18,22 @@ from ghitwork.bus.changes import (
     UsageLoaded,
 )
 from ghitwork.flow.agent import Agent, Paused, Workspace
-from ghitwork.flow.routing import Pair
+from ghitwork.flow.routing import Pair, Part
 from ghitwork.model.events import Event, Malformed, to_event
 from ghitwork.persist.saved import Saved, SavedAgent
 
 if TYPE_CHECKING:
     from ghitwork.flow.dispatch import Dispatcher
+
+
+def requeue(agent: Agent, events: Sequence[Event], redelivered: Container[int]) -> tuple[Part, ...]:
+    """`events` to be delivered again to `agent`, per conversation; those in `redelivered`
+    are marked so (their run may have done part of the work: the agent is told)."""
+    parts = agent.split(events)
+    for conversation, part in parts:
+        marked = [e.id for e in part if e.id in redelivered]
+        agent.conversation(conversation).redelivered.update(marked)
+    return tuple(parts)
 
 
 def _event(saved: dict[str, Any] | Event) -> Event | Malformed:
@@ -67,11 +78,7 @@ def restore(self: Dispatcher, saved: Saved) -> list[Pair]:
             if isinstance(e, Event)
         ]
         redelivered = kept.inflight & kept.pending.keys()
-        parts = agent.split(events)
-        for conversation, part in parts:
-            mailbox = agent.conversation(conversation)
-            mailbox.redelivered.update(e.id for e in part if e.id in redelivered)
-        pairs.append((name, tuple(parts)))
+        pairs.append((name, requeue(agent, events, redelivered)))
         agent.restore_workspaces(
             {key: Workspace(path, used) for key, (path, used) in kept.workspaces.items()}
         )
