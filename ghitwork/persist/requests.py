@@ -99,14 +99,7 @@ def pending_controls(
         except FileNotFoundError:
             continue
         except (OSError, ValueError) as error:
-            if path not in _UNMOVABLE:
-                where = move_aside(path, "bad")
-                if not where.startswith("moved"):
-                    _UNMOVABLE.add(path)
-                report(
-                    f"{path}: unreadable ({_why(error)}); {where}: "
-                    f"ask again with `ghit-work {kind}`"
-                )
+            _unreadable(path, error, report, f"ask again with `ghit-work {kind}`")
             continue
         controls.append(Control(path, kind, data))
     return controls
@@ -141,15 +134,12 @@ def pending_requests(
         except FileNotFoundError:
             continue  # consumed meanwhile
         except (OSError, ValueError, KeyError, TypeError) as error:
-            if report is not None and path not in _UNMOVABLE:
-                where = move_aside(path, "bad")
-                if not where.startswith("moved"):
-                    _UNMOVABLE.add(path)  # reported now, not again every second
-                report(
-                    f"{path}: unreadable ({_why(error)}); {where}: the dead letters it names "
-                    "stay listed by `ghit-work dead-letters`; hand them back again with "
-                    "`ghit-work redeliver`"
+            if report is not None:
+                hint = (
+                    "the dead letters it names stay listed by `ghit-work dead-letters`; "
+                    "hand them back again with `ghit-work redeliver`"
                 )
+                _unreadable(path, error, report, hint)
             continue
         requests.append(Request(path, ids))
     return requests
@@ -157,6 +147,16 @@ def pending_requests(
 
 # Unreadable requests that could not be moved aside: reported once, then left out quietly.
 _UNMOVABLE: set[Path] = set()
+
+
+def _unreadable(path: Path, error: Exception, report: Callable[[str], None], hint: str) -> None:
+    """A request that cannot be read: moved aside as `*.bad` and reported, once."""
+    if path in _UNMOVABLE:
+        return
+    where = move_aside(path, "bad")
+    if not where.startswith("moved"):
+        _UNMOVABLE.add(path)  # reported now, not again every second
+    report(f"{path}: unreadable ({_why(error)}); {where}: {hint}")
 
 
 def _id(value: object) -> int:
