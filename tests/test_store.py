@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import event
 
 from ghitwork.bus.changes import AgentState, Notice, RunFinished, StateBus
-from ghitwork.model.events import Event
+from ghitwork.config.model import AgentConfig, Config
+from ghitwork.config.prompt import default
+from ghitwork.flow.dispatch import Dispatcher
+from ghitwork.model.events import Event, event_of
 from ghitwork.model.results import RunResult
 from ghitwork.persist import journal as journal_module
 from ghitwork.persist import saved as saved_module
@@ -528,3 +532,42 @@ def test_the_journal_remembers_a_bounded_number_of_session_ids_and_never_skips_a
     reopened, again, _ = opened(tmp_path)
     reopened.close()
     assert again.agents["a"].sessions == {"thread:t/2": "S2", "thread:t/3": "S3"}
+
+
+def test_a_restart_hands_its_saved_events_over_and_lets_the_loaded_state_go() -> None:
+    """The daemon writes what it loaded first; then the dispatcher takes each agent's saved
+    events, in id order and split by thread, and empties that agent's table as it goes, and
+    the loaded state is let go: 100,000 saved events are never held in two tables at once
+    (`benchmarks/recovery.py`: a restart's peak memory stays under the crashed instance's)."""
+    agent = AgentConfig(
+        name="a",
+        cmd=("true",),
+        username="a",
+        event_scopes=("team:ghit",),
+        event_kinds=("reply-created",),
+        workdir=Path("."),
+        prompt=default(),
+        conversations="thread",
+        concurrency=2,
+    )
+    dispatcher = Dispatcher(Config(path=Path("x.toml"), agents=(agent,)), lambda change: None, {})
+    saved = Saved(cursor=4)
+    threads = {1: "teams/ghit/ghit/1", 2: "teams/ghit/ghit/2", 3: "teams/ghit/ghit/1", 4: "x"}
+    for ident in (4, 3, 1, 2):  # as a journal's replay may leave them
+        scopes = [f"thread:{threads[ident]}"] if ident != 4 else []
+        found = event_of(json.dumps(event(ident, scopes=scopes)).encode())
+        assert isinstance(found, Event)
+        saved.agent("a").pending[ident] = found
+    saved.agent("a").inflight = {3}
+    saved.agent("a").sessions = {"thread:teams/ghit/ghit/1": "s-1"}
+    [(name, parts)] = dispatcher.restore(saved)
+    assert saved.agents["a"].pending == {}  # handed over, not copied
+    assert name == "a"
+    assert [(c, [e.id for e in events]) for c, events in parts] == [
+        ("thread:teams/ghit/ghit/1", [1, 3]),
+        ("thread:teams/ghit/ghit/2", [2]),
+        ("", [4]),
+    ]
+    assert dispatcher.agents["a"].conversation("thread:teams/ghit/ghit/1").redelivered == {3}
+    saved.release()
+    assert saved.agents == {} and saved.dead == {} and saved.cursor == 4

@@ -192,12 +192,11 @@ class Daemon:
 
         self.bus.publish(ConfigApplied(config=self.config))
         self.intake.routed = saved.cursor
-        restored = self.dispatcher.restore(saved)
-        self.journal.started(saved)
         try:
             # The new generation is written before anything runs: a state_dir that cannot
             # be written to (a full disk) stops the start here, with nothing started. It is
-            # what was loaded: the restored events are not queued yet (tests/test_crash.py).
+            # what was loaded, written before the dispatcher takes it: the peak memory of
+            # a restart with many saved events is then the larger of the two, not their sum.
             self.store.compact(saved)
         except (OSError, StateDirError) as error:
             self.bus.notice(
@@ -209,6 +208,10 @@ class Daemon:
             )
             self.children.close()
             return Exit.FAILURE
+        restored = self.dispatcher.restore(saved)
+        self.journal.started(saved)
+        cursor = saved.cursor
+        saved.release()  # its events live on in `restored`, and on disk in the new generation
         persist = self.bus.changes.subscribe(
             shutdown.guarded("journal", self.journal, self.fatal, lambda: self.failed)
         )
@@ -221,8 +224,9 @@ class Daemon:
             # Pauses asked for while no instance ran apply before any saved event runs.
             control.take_controls(self.config.state_dir, self.dispatcher, self.bus)
             await self.intake.restore(restored)
+            del restored  # queued now: each event lives as long as its conversation needs it
             loop.call_soon(self._tick)  # after them: status.json can wait for the first runs
-            return await self._supervise(drained, saved.cursor)
+            return await self._supervise(drained, cursor)
         finally:
             if self._ticks is not None:
                 self._ticks.cancel()

@@ -46,7 +46,9 @@ def restore(self: Dispatcher, saved: Saved) -> list[Pair]:
     events, to be delivered before anything new, each in its conversation (as the config
     says now: an instance upgraded from one conversation per agent, or switched to
     threads, splits its saved events by thread). Agents no longer in the config keep
-    theirs, disabled."""
+    theirs, disabled. Each agent's saved events are handed over, not copied: its table of
+    them is emptied once they are taken (`saved` has been written by then), so that the
+    queues built here reuse its memory (a restart's peak, tests/test_store.py)."""
     pairs: list[Pair] = []
     self.ledger = saved.ledger
     for agent in self.agents.values():
@@ -78,6 +80,7 @@ def restore(self: Dispatcher, saved: Saved) -> list[Pair]:
             if isinstance(e, Event)
         ]
         redelivered = kept.inflight & kept.pending.keys()
+        kept.pending.clear()
         pairs.append((name, requeue(agent, events, redelivered)))
         agent.restore_workspaces(
             {key: Workspace(path, used) for key, (path, used) in kept.workspaces.items()}
