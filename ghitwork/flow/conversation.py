@@ -292,36 +292,23 @@ class Conversation:
         elif result.resumed and not result.ok:
             self.session_id = None  # the resumed session is gone: start fresh next time
         self.outstanding = False
-        retry: policy.Retry | None = None
-        dead: DeadLetter | None = None
-        asks: policy.NeedsInput | None = None
-        quota: policy.Quota | None = None
-        if result.stopped:
-            # ghit-work is stopping: not finished, these events go again, first.
+        decision = None if result.stopped else policy.after_run(self.config, result, self.tries)
+        if decision is not None:
+            self.tries = policy.next_tries(self.tries, decision)
+        if decision is None or isinstance(decision, policy.Retry | policy.Quota):
+            # Not done (ghit-work is stopping, a retry, a closed quota window): these events
+            # go again, first. The run may have done part of the work: the next attempt (and,
+            # after a restart, attempt 1 again) tells the agent with `redelivered`.
             self.merge(batch)
             self.redelivered.update(event.id for event in batch)
-        else:
-            decision = policy.after_run(self.config, result, self.tries)
-            self.tries = policy.next_tries(self.tries, decision)
-            if isinstance(decision, policy.Quota):
-                quota = decision
-                self.merge(batch)
-                self.redelivered.update(event.id for event in batch)
-            elif isinstance(decision, policy.NeedsInput):
-                asks = decision
-                if self.redelivered:
-                    self.redelivered.difference_update(event.id for event in batch)
-            elif isinstance(decision, policy.Retry):
-                retry = decision
-                self.merge(batch)
-                # The failed run may have done part of the work: the retry (and, after a
-                # restart, attempt 1 again) tells the agent with `redelivered`.
-                self.redelivered.update(event.id for event in batch)
-            else:
-                if self.redelivered:
-                    self.redelivered.difference_update(event.id for event in batch)
-                if isinstance(decision, policy.GiveUp):
-                    dead = agent.bury(self.key, batch, result)
+        elif self.redelivered:
+            self.redelivered.difference_update(event.id for event in batch)
+        retry = decision if isinstance(decision, policy.Retry) else None
+        asks = decision if isinstance(decision, policy.NeedsInput) else None
+        quota = decision if isinstance(decision, policy.Quota) else None
+        dead: DeadLetter | None = None
+        if isinstance(decision, policy.GiveUp):
+            dead = agent.bury(self.key, batch, result)
         if retry is not None and self.config.enabled:
             self.state = AgentState.RATE_LIMITED if retry.rate_limited else AgentState.RETRYING
             self.due = agent.clock() + retry.delay
