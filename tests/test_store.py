@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 from conftest import event
+from rxfakes import agent_config
 
 from ghitwork.bus.changes import AgentState, Notice, RunFinished, StateBus
-from ghitwork.config.model import AgentConfig, Config
-from ghitwork.config.prompt import default
+from ghitwork.config.model import Config
 from ghitwork.flow.dispatch import Dispatcher
 from ghitwork.model.events import Event, event_of
 from ghitwork.model.results import RunResult
@@ -539,17 +539,7 @@ def test_a_restart_hands_its_saved_events_over_and_lets_the_loaded_state_go() ->
     events, in id order and split by thread, and empties that agent's table as it goes, and
     the loaded state is let go: 100,000 saved events are never held in two tables at once
     (`benchmarks/recovery.py`: a restart's peak memory stays under the crashed instance's)."""
-    agent = AgentConfig(
-        name="a",
-        cmd=("true",),
-        username="a",
-        event_scopes=("team:ghit",),
-        event_kinds=("reply-created",),
-        workdir=Path("."),
-        prompt=default(),
-        conversations="thread",
-        concurrency=2,
-    )
+    agent = agent_config("a", conversations="thread", concurrency=2)
     dispatcher = Dispatcher(Config(path=Path("x.toml"), agents=(agent,)), lambda change: None, {})
     saved = Saved(cursor=4)
     threads = {1: "teams/ghit/ghit/1", 2: "teams/ghit/ghit/2", 3: "teams/ghit/ghit/1", 4: "x"}
