@@ -133,6 +133,32 @@ def test_a_run_the_os_refuses_fails_alone_and_its_retry_succeeds(setup: Setup) -
     assert not any(line.get("topic") == "fatal" for line in lines)
 
 
+def test_an_environment_the_os_refuses_is_an_error_not_a_command_that_cannot_start(
+    setup: Setup,
+) -> None:
+    """An env value past what exec takes (one string over 128 KiB: E2BIG), which no config
+    check can tell from a long one that fits: the run fails with outcome `error`, as any value
+    the OS refuses at spawn (SPEC §11), is retried, then dead-lettered; the other agent goes on."""
+    setup.write_config(
+        {
+            "a": {"env": {"BIG": "x" * 200_000}, "run_attempts": 2, "run_backoff": 0.1},
+            "b": {},
+        }
+    )
+    write_events(setup.events, [event(1)])
+    with Running(setup.path, "--log-format", "json") as daemon:
+        poll(lambda: setup.delivered("b") == [1], what="b's event 1")
+        daemon.wait_for("dead letter 1 (1 event")
+        lines = [json.loads(line) for line in daemon.text.splitlines()]
+        ended = [line for line in lines if line.get("agent") == "a" and "outcome" in line]
+        assert [line["outcome"] for line in ended] == ["error", "error"], ended
+        assert all("Argument list too long" in line["fault"] for line in ended), ended
+        assert setup.delivered("a") == []
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    assert not any(line.get("topic") == "fatal" for line in lines)
+
+
 # -- what cannot be contained: exit 4, 503 at once, nothing lost, through the real command
 
 ROUTING_FAULT = """\

@@ -6,6 +6,7 @@ the page, the status lines and the TUI (in tmux). In-process: the Redactor.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -21,10 +22,13 @@ import pytest
 from conftest import GHIT_WORK, Running, Setup, event, ghit_work, poll, write_events
 from prometheus_client.parser import text_string_to_metric_families
 
+from ghitwork.bus.changes import Level, Notice
 from ghitwork.config.model import AgentConfig, Config, secret_values
 from ghitwork.config.prompt import default
 from ghitwork.flow.dispatch import Dispatcher
 from ghitwork.model.redact import Redactor
+from ghitwork.observe.dashboard import DashboardModel
+from ghitwork.observe.status import StatusWriter
 
 # -- the Redactor, in-process
 
@@ -76,6 +80,25 @@ def test_a_secret_is_also_redacted_as_it_appears_in_json() -> None:
     secret = 'pa"ss\\word'
     line = json.dumps({"message": f"login {secret}"})
     assert secret not in json.loads(Redactor([secret]).text(line))["message"]
+
+
+def test_what_an_agent_printed_reaches_a_status_line_as_one_line_of_text() -> None:
+    """A NUL, a carriage return, a newline or a terminal's escape sequence in what a line
+    quotes (an agent's output, its session id) is written `\\xNN` in the text lines and the
+    TUI's panes: grep and a terminal take each line as it is. JSON lines keep it exact."""
+    printed = "session: ab\x00cd\r\x1b[2J\nnext\tend \u00e9"
+    escaped = "session: ab\\x00cd\\x0d\\x1b[2J\\x0anext\tend \u00e9"
+    change = Notice(level=Level.WARNING, topic="run", message=printed, agent="a")
+    text, as_json = io.StringIO(), io.StringIO()
+    StatusWriter(text)(change)
+    StatusWriter(as_json, json_format=True)(change)
+    model = DashboardModel()
+    model(change)
+    assert text.getvalue().count("\n") == 1 and escaped in text.getvalue()
+    assert all(ch.isprintable() or ch in "\t\n" for ch in text.getvalue())
+    assert json.loads(as_json.getvalue())["message"] == f"agent a: {printed}"
+    view = model.view()
+    assert view.log[-1].endswith(escaped) and view.attention[-1].endswith(escaped)
 
 
 def test_the_shared_redactor_follows_each_reload() -> None:

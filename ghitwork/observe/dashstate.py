@@ -25,7 +25,7 @@ from ghitwork.model.events import Event
 from ghitwork.model.redact import Redactor
 from ghitwork.model.usage import day_of
 from ghitwork.observe.agents import _Agent, _Conversation
-from ghitwork.observe.lines import LEVELS
+from ghitwork.observe.lines import LEVELS, printable
 from ghitwork.observe.view import (
     AgentView,
     EventLine,
@@ -81,9 +81,10 @@ class _DashboardState:
         self._view_version = -1
 
     def _redact(self, text: str) -> str:
+        """A line of the log or attention pane: redacted, its control characters escaped."""
         if self.redactor.generation != self._redacted_by:
             self._redact_kept()
-        return self.redactor.text(text)
+        return printable(self.redactor.text(text))
 
     def _redact_kept(self) -> None:
         """The secrets changed (a reload): the lines kept so far are redacted again, and the

@@ -5,6 +5,7 @@ Import `describe` from observe/lines.py, which imports the handlers with it."""
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,16 @@ from ghitwork.model.events import Event
 from ghitwork.model.formatting import iso
 
 LEVELS = {Level.DEBUG: 10, Level.INFO: 20, Level.WARNING: 30, Level.ERROR: 40}
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # all but the tab
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters written `\\xNN`: whatever an agent printed (a NUL
+    in a session id, a carriage return, a terminal's escape sequence), a status line stays
+    one line of text that grep and a terminal take as it is (SPEC §6)."""
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
 @dataclass(frozen=True, slots=True)

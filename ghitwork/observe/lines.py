@@ -17,6 +17,7 @@ from ghitwork.observe.line import (
     describe,
     lines_of,
     only_info,
+    printable,
     routed_line,
     timestamp,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "describe",
     "lines_of",
     "only_info",
+    "printable",
     "routed_line",
     "timestamp",
 ]

@@ -21,7 +21,15 @@ from ghitwork.bus.changes import (
 )
 from ghitwork.model.durations import format_duration
 from ghitwork.model.redact import Redactor
-from ghitwork.observe.lines import LEVELS, Line, lines_of, only_info, routed_line, timestamp
+from ghitwork.observe.lines import (
+    LEVELS,
+    Line,
+    lines_of,
+    only_info,
+    printable,
+    routed_line,
+    timestamp,
+)
 
 
 class StatusWriter:
@@ -68,9 +76,9 @@ class StatusWriter:
                 "message": line.message,
             }
             text = json.dumps(record, ensure_ascii=False, default=str)
-        else:
-            text = f"{timestamp(moment)} {line.level.upper():<7} {line.message}"
-        return self.redactor.text(text)
+            return self.redactor.text(text)  # JSON writes control characters escaped
+        text = f"{timestamp(moment)} {line.level.upper():<7} {line.message}"
+        return printable(self.redactor.text(text))
 
 
 REPEAT_WINDOW = 60.0  # seconds: an error that repeats gets at most one status line per window

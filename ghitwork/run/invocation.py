@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -246,7 +247,10 @@ class Invocation:
             )
         except OSError as error:
             self._close(streams)
-            error_text = _cannot_start(self.argv[0], error)
+            if error.errno == errno.E2BIG:  # its argv and environment: a value the OS refuses
+                fault = f"starting {self.argv[0]}: {fault_text(error)}"
+                return self._result(started, fault=fault, log_files=files), findings.tally
+            error_text = _cannot_start(self.argv[0], error)  # not found, not executable...
             return self._result(started, error=error_text, log_files=files), findings.tally
         except Exception as error:  # a value the OS refuses (a NUL byte), a bug: nothing runs
             self._close(streams)
