@@ -96,6 +96,13 @@ def test_pause_and_resume_name_an_unknown_agent(setup: Setup) -> None:
         assert "no agent 'nobody' (agents: a)" in result.stderr
     result = ghit_work("pause", cwd=setup.path)
     assert result.returncode == 2 and "needs agent names, or --all" in result.stderr
+    for duration, said in (("0", "must be more than 0"), ("5x", '"5x" is not a duration')):
+        result = ghit_work("pause", "a", "--for", duration, cwd=setup.path)
+        assert result.returncode == 2 and said in result.stderr, result.stderr
+        assert len(result.stderr.splitlines()) == 1
+    assert not (setup.path / ".ghit-work" / "requests").exists() or not any(
+        (setup.path / ".ghit-work" / "requests").iterdir()
+    ), "nothing asked of the instance"
 
 
 def _asking(setup: Setup, tmp: Path) -> Path:
@@ -142,8 +149,17 @@ def test_needs_input_parks_the_conversation_and_its_next_event_wakes_it(
             (agent,) = json.loads(result.stdout)["agents"]
             return agent if agent["state"] == "needs-input" else None
 
-        shown = poll(waiting, what="a in needs-input in status --json")["conversations"][0]
+        agent = poll(waiting, what="a in needs-input in status --json")
+        shown = agent["conversations"][0]
         assert shown["question"] == "which branch should I push to?"
+        # every surface still says so: the session it will resume, the question in its row
+        # and in attention (a human is wanted, as before the restart)
+        assert agent["session_id"] == shown["session_id"] == "s-1"
+        text = ghit_work("status", cwd=setup.path).stdout
+        row = next(line for line in text.splitlines() if line.startswith("  a "))
+        assert "session s-1" in row and "which branch should I push to?" in row, row
+        attention = text.split("attention (latest last):")[1]
+        assert "a: idle -> needs-input; it needs input: which branch" in attention, text
         write_events(setup.events, [event(2, actor="bob", title="use main")])
         poll(lambda: len(runs(asked)) == 2, what="the answer's run")
         daemon.wait_for("agent a: needs-input -> queued")

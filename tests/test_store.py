@@ -15,11 +15,20 @@ import pytest
 from conftest import event
 from rxfakes import agent_config
 
-from ghitwork.bus.changes import AgentState, Notice, RunFinished, StateBus
+from ghitwork.bus.changes import (
+    AgentState,
+    Change,
+    ConfigApplied,
+    Notice,
+    RunFinished,
+    SessionsLoaded,
+    StateBus,
+)
 from ghitwork.config.model import Config
 from ghitwork.flow.dispatch import Dispatcher
 from ghitwork.model.events import Event, event_of
 from ghitwork.model.results import RunResult
+from ghitwork.observe.dashboard import DashboardModel
 from ghitwork.persist import journal as journal_module
 from ghitwork.persist import saved as saved_module
 from ghitwork.persist.journal import Journal
@@ -540,7 +549,8 @@ def test_a_restart_hands_its_saved_events_over_and_lets_the_loaded_state_go() ->
     the loaded state is let go: 100,000 saved events are never held in two tables at once
     (`benchmarks/recovery.py`: a restart's peak memory stays under the crashed instance's)."""
     agent = agent_config("a", conversations="thread", concurrency=2)
-    dispatcher = Dispatcher(Config(path=Path("x.toml"), agents=(agent,)), lambda change: None, {})
+    published: list[Change] = []
+    dispatcher = Dispatcher(Config(path=Path("x.toml"), agents=(agent,)), published.append, {})
     saved = Saved(cursor=4)
     threads = {1: "teams/ghit/ghit/1", 2: "teams/ghit/ghit/2", 3: "teams/ghit/ghit/1", 4: "x"}
     for ident in (4, 3, 1, 2):  # as a journal's replay may leave them
@@ -559,5 +569,15 @@ def test_a_restart_hands_its_saved_events_over_and_lets_the_loaded_state_go() ->
         ("", [4]),
     ]
     assert dispatcher.agents["a"].conversation("thread:teams/ghit/ghit/1").redelivered == {3}
+    # the sessions kept are shown before any run resumes them (status, the API, the TUI)
+    loaded = [change for change in published if isinstance(change, SessionsLoaded)]
+    assert [change.sessions for change in loaded] == [{"a": {"thread:teams/ghit/ghit/1": "s-1"}}]
+    model = DashboardModel()
+    model(ConfigApplied(config=Config(path=Path("x.toml"), agents=(agent,))))
+    model(loaded[0])
+    [shown] = model.view().agents
+    assert [(c.conversation, c.session_id) for c in shown.conversations] == [
+        ("thread:teams/ghit/ghit/1", "s-1")
+    ]
     saved.release()
     assert saved.agents == {} and saved.dead == {} and saved.cursor == 4

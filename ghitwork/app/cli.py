@@ -53,6 +53,14 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _pause_duration(text: str) -> float:
+    """`pause --for`: more than 0, as over HTTP (a pause of 0 would be over as it began)."""
+    seconds = _duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 (or left out: paused until resumed)")
+    return seconds
+
+
 def _http(text: str) -> str:
     try:
         parse_http_address(text)
@@ -180,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     pause.add_argument("agents", nargs="*", metavar="AGENT")
     pause.add_argument("--all", action="store_true", help="every agent")
     pause.add_argument(
-        "--for", dest="duration", type=_duration, metavar="DURATION", help="resume after it"
+        "--for", dest="duration", type=_pause_duration, metavar="DURATION", help="resume after it"
     )
     pause.add_argument("--reason", default="", metavar="TEXT", help="shown with the pause")
     resume = subparsers["resume"]

@@ -175,6 +175,14 @@ class UsageLoaded(Change):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SessionsLoaded(Change):
+    """The session ids kept in state_dir, at start: per agent, per conversation (`""` is the
+    agent's own), the session each one's next batch resumes."""
+
+    sessions: Mapping[str, Mapping[str, str]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeadLettersLoaded(Change):
     """The dead letters kept in state_dir, at start."""
 
@@ -248,6 +256,7 @@ class Notice(Change):
     topic: str  # "reload", "tail-events", "agent", "stop", ...
     message: str
     agent: str | None = None
+    conversation: str = ""  # the agent's conversation it concerns (SPEC §12), if one
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -369,5 +369,16 @@ class Dispatcher:
                     name,
                 )
 
-    def _notice(self, level: Level, topic: str, message: str, agent: str | None = None) -> None:
-        self.publish(Notice(level=level, topic=topic, message=message, agent=agent))
+    def _notice(
+        self,
+        level: Level,
+        topic: str,
+        message: str,
+        agent: str | None = None,
+        conversation: str = "",
+    ) -> None:
+        self.publish(
+            Notice(
+                level=level, topic=topic, message=message, agent=agent, conversation=conversation
+            )
+        )

@@ -15,6 +15,7 @@ from ghitwork.bus.changes import (
     DeadLettersLoaded,
     EventsRestored,
     Level,
+    SessionsLoaded,
     UsageLoaded,
 )
 from ghitwork.flow.agent import Agent, Paused, Workspace
@@ -69,6 +70,9 @@ def restore(self: Dispatcher, saved: Saved) -> list[Pair]:
     if self.letters.kept:
         self.publish(DeadLettersLoaded(letters=tuple(self.letters.kept.values())))
     counts: dict[str, int] = {}
+    sessions = {name: dict(kept.sessions) for name, kept in saved.agents.items() if kept.sessions}
+    if sessions:  # shown where a run would show them: status, the API, the TUI
+        self.publish(SessionsLoaded(sessions=sessions))
     for name, kept in saved.agents.items():
         agent = self.agent(name)
         for conversation, session in kept.sessions.items():

@@ -18,7 +18,7 @@ from ghitwork.run import workspace
 from ghitwork.run.spec import RunSpec, agent_environment, workspace_teardown
 from ghitwork.system.children import Children
 
-Notice = Callable[[Level, str, str, str | None], None]
+Notice = Callable[[Level, str, str, str | None, str], None]  # ..., agent, conversation
 
 
 class Workspaces:
@@ -72,6 +72,7 @@ class Workspaces:
                     "workspace",
                     f"{problem}; the workspace {path} is kept and tried again after workspace_keep",
                     config.name,
+                    conversation,
                 )
             done(problem is None)
 

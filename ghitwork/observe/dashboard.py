@@ -51,6 +51,7 @@ from ghitwork.bus.changes import (
     QuotaChanged,
     RunFinished,
     RunStarted,
+    SessionsLoaded,
     SourceExited,
     SourceRetry,
     SourceStarted,
@@ -216,6 +217,27 @@ class DashboardModel(_DashboardState):
                         current.add(_Conversation(key, state, change.at, usage=kept[key]))
             current.settle(change.at)
         return True
+
+    @_reduce.register
+    def _sessions(self, change: SessionsLoaded) -> bool:
+        """The sessions kept from before the restart, each its conversation's until a run of
+        it says otherwise (in thread mode, at most MAX_IDLE of those not shown yet, the most
+        recently used)."""
+        for name, kept in change.sessions.items():
+            current = self._agent(name)
+            for key, found in current.conversations.items():
+                if key in kept:
+                    found.session_id, found.shown = kept[key], None
+            if current.threads:
+                for key in reversed(list(kept)[-MAX_IDLE:]):
+                    if key not in current.conversations and len(current.quiet) < MAX_IDLE:
+                        found = _Conversation(key, current.resting, change.at)
+                        found.session_id = kept[key]
+                        found.usage = current.usage.get(key, NO_USAGE)
+                        current.add(found)
+            current.shown = None
+            current.settle(change.at)
+        return False
 
     @_reduce.register
     def _paused(self, change: AgentPaused) -> bool:

@@ -13,12 +13,14 @@ from ghitwork.bus.changes import (
     EventSkipped,
     Level,
     Notice,
+    SessionsLoaded,
     SourceExited,
     SourceRetry,
     SourceStarted,
     StopRequested,
     UsageLoaded,
 )
+from ghitwork.model.conversations import shown
 from ghitwork.model.durations import format_duration
 from ghitwork.observe.line import Line, count_events, describe
 
@@ -31,6 +33,11 @@ def _stop_requested(change: StopRequested) -> Line | None:
 @describe.register
 def _usage_loaded(change: UsageLoaded) -> Line | None:
     return None  # the TUI's; nothing worth a status line
+
+
+@describe.register
+def _sessions_loaded(change: SessionsLoaded) -> Line | None:
+    return None  # each is said when its next batch resumes it
 
 
 @describe.register
@@ -128,8 +135,12 @@ def _notice(change: Notice) -> Line | None:
             f"agent {change.agent}| {change.message}",
             {"agent": change.agent, "stream": change.topic[6:]},
         )
-    prefix = f"agent {change.agent}: " if change.agent else f"{change.topic}: "
+    prefix = (
+        f"{shown(change.agent, change.conversation)}: " if change.agent else f"{change.topic}: "
+    )
     fields: dict[str, Any] = {"topic": change.topic}
     if change.agent:
         fields["agent"] = change.agent
+    if change.conversation:
+        fields["conversation"] = change.conversation
     return Line(change.level, change.topic, prefix + change.message, fields)

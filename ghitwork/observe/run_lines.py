@@ -115,7 +115,7 @@ def _finished_is_info(change: RunFinished) -> bool:
 
 @only_info.register
 def _changed_is_info(change: AgentChanged) -> bool:
-    return change.new is not AgentState.THROTTLED
+    return change.new not in (AgentState.THROTTLED, AgentState.NEEDS_INPUT)
 
 
 @only_info.register
@@ -221,7 +221,14 @@ def _agent_changed(change: AgentChanged) -> Line | None:
     message = f"{shown(change.agent, change.conversation)}: {change.old} -> {change.new}"
     if change.queue:
         message += f", {count_events(change.queue)} waiting"
-    if change.reason:
+    if change.new is AgentState.NEEDS_INPUT:  # still asking, since before a restart
+        level = Level.WARNING  # a human is wanted: the attention pane, as when it asked
+        asked = f": {change.reason}" if change.reason else ""
+        message += (
+            f"; it needs input{asked} (its next event wakes it, or `ghit-work resume "
+            f"{change.agent}`); kept from before the restart"
+        )
+    elif change.reason:
         message += f"; {change.reason}"
     return Line(
         level,

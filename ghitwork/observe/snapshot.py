@@ -295,6 +295,8 @@ def render(snapshot: dict[str, Any], out: TextIO) -> None:
         parts.append(f"dead letters {agent['dead_letters']}")
         if agent.get("session_id"):
             parts.append(f"session {agent['session_id']}")
+        if agent.get("problem"):  # what holds it (a pause, a quota), asks, or failed last
+            parts.append(f"- {agent['problem']}")
         print(f"  {agent['name']:<{width}}  " + "  ".join(parts), file=out)
         conversations = agent.get("conversations", [])
         if any(c["conversation"] for c in conversations):
@@ -311,8 +313,10 @@ def _conversations(conversations: list[dict[str, Any]], out: TextIO) -> None:
     names = [c["conversation"] or OWN_NAME for c in conversations]
     width = min(max(map(len, names)), 60)
     for name, conversation in zip(names, conversations, strict=True):
+        why = conversation.get("question") or conversation.get("problem")
         print(
             f"      {name:<{width}}  {conversation['state']:<12}  "
-            f"queue {conversation['queue']}  ${conversation['usage']['cost_usd']:.2f} in all",
+            f"queue {conversation['queue']}  ${conversation['usage']['cost_usd']:.2f} in all"
+            + (f"  - {why}" if why else ""),
             file=out,
         )
