@@ -189,9 +189,39 @@ def test_a_failed_workspace_setup_fails_that_run_only(setup: Setup, tmp_path: Pa
         assert daemon.wait() == 0
     assert [r["conversation"] for r in runs(record)] == [T2]
     assert "workspace_setup failed (exit 3): no checkout" in daemon.text
+    # the workdir its setup was making is taken down again: the retry starts from scratch
+    assert not (work / "teams-ghit-ghit-1").exists() and (work / "teams-ghit-ghit-2").is_dir()
     letters = ghit_work("dead-letters", "--json", cwd=setup.path)
     letter = json.loads(letters.stdout.splitlines()[0])
     assert (letter["event_ids"], letter["conversation"]) == ([1], T1)
+
+
+def test_a_shared_workdir_is_made_and_set_up_once_for_all_threads(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """Without `{conversation_slug}` every conversation shares the workdir: missing, it is
+    made, and `workspace_setup` runs once, before the agent's first run, however many
+    threads start at once (two here); not again after a restart."""
+    shared = tmp_path / "shared"
+    record = start(
+        setup,
+        tmp_path,
+        workdir=str(shared),
+        workspace_setup=["sh", "-c", "sleep 0.3; echo once >> ../setups"],
+    )
+    with Running(setup.path) as daemon:
+        write_events(setup.events, [event(1, scopes=[T1]), event(2, scopes=[T2])])
+        poll(lambda: len(runs(record)) == 2, what="both threads' runs")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    assert {r["cwd"] for r in runs(record)} == {str(shared)}
+    assert (tmp_path / "setups").read_text() == "once\n"
+    with Running(setup.path) as daemon:
+        write_events(setup.events, [event(3, scopes=[T1])])
+        poll(lambda: len(runs(record)) == 3, what="thread 1 after the restart")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    assert (tmp_path / "setups").read_text() == "once\n"
 
 
 def test_single_flight_per_conversation_holds_across_kill_9(setup: Setup, tmp_path: Path) -> None:

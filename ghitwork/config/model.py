@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ghitwork.config import prompt
 from ghitwork.config.prompt import PromptTemplate
-from ghitwork.model.conversations import SLUG_PLACEHOLDER, workdir_of
+from ghitwork.model.conversations import OWN, SLUG_PLACEHOLDER, workdir_of
 from ghitwork.model.durations import Budget, SpendBudget
 from ghitwork.model.usage import Price
 
@@ -94,6 +94,16 @@ class AgentConfig:
     def workspaces(self) -> bool:
         """Each conversation has its own workdir (`{conversation_slug}` in `workdir`)."""
         return SLUG_PLACEHOLDER in str(self.workdir)
+
+    @functools.cached_property
+    def makes_workspaces(self) -> bool:
+        """Its runs make their workdir first: each conversation its own, or, the workdir
+        shared, once for all with a `workspace_setup` (SPEC §12)."""
+        return self.workspaces or self.workspace_setup is not None
+
+    def workspace_of(self, conversation: str) -> str:
+        """Whose workspace a run of `conversation` works in: its own, or the agent's."""
+        return conversation if self.workspaces else OWN
 
     @functools.cached_property
     def budgeted(self) -> bool:

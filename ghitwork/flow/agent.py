@@ -316,8 +316,9 @@ class Agent:
 
     # -- workspaces (SPEC §12)
     def needs_setup(self, key: str) -> bool:
-        """Whether a run of `key` must make its workspace first."""
-        return self.config.workspaces and key not in self.workspaces
+        """Whether a run of `key` must make its workspace (or the shared one) first."""
+        config = self.config
+        return config.makes_workspaces and config.workspace_of(key) not in self.workspaces
 
     def using(self, key: str) -> None:
         """A run of `key` is about to start: its workspace is not idle."""
@@ -327,6 +328,7 @@ class Agent:
 
     def made(self, key: str, path: str) -> None:
         """The workspace of `key` exists now (created, and set up)."""
+        key = self.config.workspace_of(key)
         workspace = self.workspaces[key] = Workspace(path, self.clock())
         self._announce(key, workspace, ready=True)
 
@@ -340,6 +342,7 @@ class Agent:
         )
 
     def ran(self, key: str, result: RunResult) -> None:
+        key = self.config.workspace_of(key)
         workspace = self.workspaces.get(key)
         if workspace is None:
             return
@@ -369,9 +372,8 @@ class Agent:
         self._idle_timers.pop(key, None)
         workspace = self.workspaces.get(key)
         current = self.conversations.get(key)
-        if workspace is None or (current is not None and not current.idle):
-            return
-        if self._teardown is None or self.stopping:
+        busy = current is not None and not current.idle
+        if workspace is None or busy or self._teardown is None or self.stopping:
             return
         self.tearing_down.add(key)
 

@@ -30,10 +30,21 @@ class Workspaces:
         self.children = children
         self.notice = notice
         self.tasks: set[asyncio.Task[None]] = set()  # removals under way
+        self._shared: dict[str, asyncio.Lock] = {}  # agent -> its shared workdir's setup
 
     async def make(self, agent: Agent | None, config: AgentConfig, spec: RunSpec) -> str | None:
         """A conversation's workspace before its first run: created, then `workspace_setup`
-        run in it. What went wrong, as the run's fault, or None."""
+        run in it. What went wrong, as the run's fault, or None. A workdir the agent's
+        conversations share is set up once: a run that finds its setup under way waits for
+        it (a conversation's own needs no such care: it runs one at a time)."""
+        if agent is None or config.workspaces:
+            return await self._make(agent, config, spec)
+        async with self._shared.setdefault(config.name, asyncio.Lock()):
+            if not agent.needs_setup(spec.conversation):
+                return None  # set up while this run waited
+            return await self._make(agent, config, spec)
+
+    async def _make(self, agent: Agent | None, config: AgentConfig, spec: RunSpec) -> str | None:
         assert spec.setup is not None
         made = await workspace.make(
             spec.workdir,
@@ -42,6 +53,7 @@ class Workspaces:
             self.redactor.secrets,
             lambda pgid: self.children.add(pgid, f"agent {config.name} workspace_setup"),
             self.children.remove,
+            workspace_teardown(config, spec.conversation),
         )
         if made is not None:
             return made

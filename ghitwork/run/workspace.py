@@ -5,8 +5,8 @@ for `workspace_keep` (`workspace_teardown` run in it first).
 Each command runs in its own process group, with the agent's environment (the ghit token
 left out, `GHIT_WORK_CONVERSATION` set), stdin closed; what it prints is kept for the error
 line only (its last line, redacted). What goes wrong is returned as one line, never raised:
-a failed setup fails that run (it is retried like any), a failed teardown keeps the
-workspace.
+a failed setup fails that run (it is retried like any; a workdir it was making is taken
+down again), a failed teardown keeps the workspace.
 """
 
 from __future__ import annotations
@@ -31,16 +31,25 @@ async def make(
     secrets: Sequence[str] = (),
     on_start: GroupHook | None = None,
     on_gone: GroupHook | None = None,
+    teardown: Sequence[str] = (),
 ) -> str | None:
     """Create `workdir` (with its parents) and run `setup` in it (none when empty). What
-    went wrong, or None."""
+    went wrong, or None. When the setup fails in a workdir made here, what it left is taken
+    down (`teardown` in it, then removed), so that the retry sets it up from scratch; a
+    workdir that was there before is left as it is."""
+    made = not workdir.exists()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         return f"cannot create the workspace {workdir}: {error.strerror or error}"
     if not setup:
         return None
-    return await run_command("workspace_setup", setup, workdir, env, secrets, on_start, on_gone)
+    failed = await run_command("workspace_setup", setup, workdir, env, secrets, on_start, on_gone)
+    if failed is not None and made:
+        left = await remove(workdir, teardown, env, secrets, on_start, on_gone)
+        if left is not None:
+            failed += f"; what it left is kept ({left})"
+    return failed
 
 
 async def remove(
