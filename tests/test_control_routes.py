@@ -323,6 +323,13 @@ def test_resume_wakes_a_conversation_that_needs_input_and_the_gauge_counts_it(
         daemon.wait_for(f"agent a: resume over HTTP from 127.0.0.1: woke {thread}")
         daemon.wait_for("agent a [thread:teams/ghit/ghit/39]: needs-input -> idle")
         poll(lambda: needs_input(base) == {"a": 0, "b": 0}, what="none waiting any more")
+        # again: nothing waits there now, and the line says so rather than "woke"
+        status, answer, _ = call(f"{base}/api/v1/agents/a/resume", headers=bearer(), body=body)
+        assert status == 200 and isinstance(answer, dict) and answer["resumed"] is True
+        daemon.wait_for(
+            f"agent a: resume over HTTP from 127.0.0.1: {thread} is not waiting for input: "
+            "nothing to wake"
+        )
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
 
@@ -360,9 +367,9 @@ class Recorded:
         self.done.append(("pause", name, by, reason, until))
         return True
 
-    def resume(self, name: str, by: str, conversation: str | None) -> bool:
+    def resume(self, name: str, by: str, conversation: str | None) -> int | None:
         self.done.append(("resume", name, by, conversation))
-        return True
+        return 1
 
     def redeliver(self, name: str, by: str) -> int:
         self.done.append(("redeliver", name, by))

@@ -180,6 +180,12 @@ def test_resume_by_hand_wakes_a_conversation_waiting_for_input(
         daemon.wait_for("agent a: working -> needs-input")
         assert ghit_work("resume", "a", cwd=setup.path).returncode == 0
         daemon.wait_for("agent a: needs-input -> idle")
+        # a conversation that waits for nobody: taken, and said so (not silently)
+        thread = "thread:teams/ghit/ghit/999"
+        assert ghit_work("resume", "a", thread, cwd=setup.path).returncode == 0
+        daemon.wait_for(
+            f"control: resume: agent a [{thread}] is not waiting for input: nothing to wake"
+        )
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
     with Running(setup.path) as daemon:  # answered: not waiting any more after a restart

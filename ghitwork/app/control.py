@@ -22,6 +22,7 @@ from ghitwork.bus.changes import Level, StateBus
 from ghitwork.config.model import Config, ConfigError
 from ghitwork.flow.agent import Paused
 from ghitwork.flow.dispatch import Dispatcher
+from ghitwork.model.conversations import shown
 from ghitwork.model.durations import clock_time, format_duration
 from ghitwork.persist import requests
 from ghitwork.persist.lock import running_pid
@@ -92,8 +93,8 @@ def resume_command(config: Config, words: Sequence[str], every: bool, out: TextI
         targets = [(name, None) for name in names]
     payload: dict[str, object] = {"targets": [[agent, c] for agent, c in targets]}
     requests.request_control(config.state_dir, "resume", payload)
-    shown = ", ".join(agent if c is None else f"{agent} [{c}]" for agent, c in targets)
-    print(f"resume requested for {shown}: {when(config.state_dir, 'applies it')}", file=out)
+    listed = ", ".join(agent if c is None else f"{agent} [{c}]" for agent, c in targets)
+    print(f"resume requested for {listed}: {when(config.state_dir, 'applies it')}", file=out)
     return 0
 
 
@@ -109,12 +110,15 @@ def pause(
     return True
 
 
-def resume(dispatcher: Dispatcher, name: str, by: str, conversation: str | None = None) -> bool:
+def resume(
+    dispatcher: Dispatcher, name: str, by: str, conversation: str | None = None
+) -> int | None:
+    """Lift agent `name`'s pause and wake its conversations waiting for a human (only
+    `conversation`, when named): how many it woke, or None when there is no such agent."""
     agent = dispatcher.agents.get(name)
     if agent is None or agent.removed:
-        return False
-    agent.resume(by, conversation)
-    return True
+        return None
+    return agent.resume(by, conversation)
 
 
 class Controls:
@@ -127,7 +131,7 @@ class Controls:
     def pause(self, name: str, by: str, reason: str, until: float | None) -> bool:
         return pause(self.dispatcher, name, by, reason, until)
 
-    def resume(self, name: str, by: str, conversation: str | None) -> bool:
+    def resume(self, name: str, by: str, conversation: str | None) -> int | None:
         return resume(self.dispatcher, name, by, conversation)
 
     def redeliver(self, name: str, by: str) -> int:
@@ -173,10 +177,17 @@ def take_controls(
                 who, conversation = (
                     [*target, None, None][:2] if isinstance(target, list) else ["", None]
                 )
-                if not isinstance(who, str) or not resume(
-                    dispatcher, who, by, conversation if isinstance(conversation, str) else None
-                ):
+                named = conversation if isinstance(conversation, str) else None
+                woken = resume(dispatcher, who, by, named) if isinstance(who, str) else None
+                if woken is None:
                     missing.append(str(who))
+                elif named is not None and not woken:
+                    bus.notice(
+                        Level.WARNING,
+                        "control",
+                        f"resume: {shown(str(who), named)} is not waiting for input: "
+                        "nothing to wake",
+                    )
         for name in missing:  # the config changed since the request was written
             bus.notice(Level.WARNING, "control", f"{control.kind}: no agent {name!r}: skipped")
         requests.consumed(control)

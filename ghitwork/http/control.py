@@ -43,7 +43,7 @@ class Controls(Protocol):
 
     def pause(self, name: str, by: str, reason: str, until: float | None) -> bool: ...
 
-    def resume(self, name: str, by: str, conversation: str | None) -> bool: ...
+    def resume(self, name: str, by: str, conversation: str | None) -> int | None: ...
 
     def redeliver(self, name: str, by: str) -> int: ...  # every dead letter of the agent
 
@@ -249,9 +249,13 @@ def act(
         )
         if conversation is not None and conversation != "" and not thread:
             raise BadRequest('"conversation" is a thread: scope, or "" for the agent\'s own')
-        if not controls.resume(name, by, conversation):
+        woken = controls.resume(name, by, conversation)
+        if woken is None:
             return None
-        said = "resumed" if conversation is None else f"woke {conversation or '(no thread)'}"
+        named = conversation or "(no thread)"
+        said = "resumed" if conversation is None else f"woke {named}"
+        if conversation is not None and not woken:
+            said = f"{named} is not waiting for input: nothing to wake"
         return 200, {"resumed": True, "conversation": conversation}, said
     if action == "redeliver":
         count = controls.redeliver(name, by)
