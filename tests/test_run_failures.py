@@ -161,6 +161,7 @@ def test_dead_letters_survive_a_restart_and_are_redelivered_while_stopped(setup:
     final = ghit_work("--drain", cwd=setup.path)
     assert final.returncode == 0, final.stderr
     assert "dead letter 1 handed back to a (2 events)" in final.stderr
+    assert "dead letter kept" not in final.stderr, "handed back: no longer announced as kept"
     assert [run["ids"] for run in runs(setup)[before:]] == [[1, 2]]
     assert dead_letters(setup) == []
 
@@ -181,6 +182,26 @@ def test_a_running_instance_takes_a_redelivery_within_two_seconds(setup: Setup) 
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
     assert runs(setup)[1]["ids"] == [1]
+
+
+def test_dead_letters_handed_back_together_are_one_batch_in_id_order(setup: Setup) -> None:
+    """Two dead letters of one agent handed back by one `redeliver` are queued together: one
+    batch, in id order, as any events that wait (SPEC §3, §8), not one letter's run after the
+    other's."""
+    flag = setup.path / "works"
+    configure(setup, run_attempts=1, env={"SUCCEED_IF": str(flag)})
+    write_events(setup.events, [event(1)])
+    with Running(setup.path) as daemon:
+        daemon.wait_for("dead letter 1 (1 event")
+        write_events(setup.events, [event(2)])
+        daemon.wait_for("dead letter 2 (1 event")
+        flag.touch()
+        assert ghit_work("redeliver", "2", "1", cwd=setup.path).returncode == 0
+        poll(lambda: len(runs(setup)) == 3, timeout=5, what="the redelivered run")
+        daemon.wait_for("agent a: working -> idle, exit 0")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    assert [run["ids"] for run in runs(setup)] == [[1], [2], [1, 2]]
 
 
 def test_fifty_racing_redeliver_commands_deliver_each_dead_letter_once(setup: Setup) -> None:

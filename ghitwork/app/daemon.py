@@ -193,10 +193,9 @@ class Daemon:
         self.bus.publish(ConfigApplied(config=self.config))
         self.intake.routed = saved.cursor
         try:
-            # The new generation is written before anything runs: a state_dir that cannot
-            # be written to (a full disk) stops the start here, with nothing started. It is
-            # what was loaded, written before the dispatcher takes it: the peak memory of
-            # a restart with many saved events is then the larger of the two, not their sum.
+            # The new generation is written before anything runs (a full disk stops the
+            # start here, nothing started), and before the dispatcher takes what was loaded:
+            # a restart's peak memory is then the larger of the two, not their sum.
             self.store.compact(saved)
         except (OSError, StateDirError) as error:
             self.bus.notice(
@@ -208,7 +207,8 @@ class Daemon:
             )
             self.children.close()
             return Exit.FAILURE
-        restored = self.dispatcher.restore(saved)
+        waiting = requests.pending_requests(self.config.state_dir)  # taken at the first tick
+        restored = self.dispatcher.restore(saved, {i for r in waiting for i in r.ids})
         self.journal.started(saved)
         cursor = saved.cursor
         saved.release()  # its events live on in `restored`, and on disk in the new generation

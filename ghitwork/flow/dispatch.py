@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -227,13 +227,20 @@ class Dispatcher:
         if not letters:
             return 0, []
         self.publish(DeadLettersRedelivered(letters=letters, by=by))
-        pairs: list[Pair] = []
+        # Per agent, every letter's events at once, in id order: handed back together, they
+        # are queued together (one batch per conversation), not one letter's run at a time.
+        handed: dict[str, dict[int, Event]] = {}
         for letter in letters:
-            events = tuple(
-                e for e in (to_event(data, b"") for data in letter.events) if isinstance(e, Event)
-            )
-            every = {event.id for event in events}  # the agent is told of them all
-            pairs.append((letter.agent, durable.requeue(self.agent(letter.agent), events, every)))
+            found = handed.setdefault(letter.agent, {})
+            for data in letter.events:
+                event = to_event(data, b"")
+                if isinstance(event, Event):
+                    found[event.id] = event
+        pairs: list[Pair] = []
+        for name, found in handed.items():
+            events = [found[ident] for ident in sorted(found)]
+            # the agent is told of them all (`redelivered`)
+            pairs.append((name, durable.requeue(self.agent(name), events, found.keys())))
         return len(letters), pairs
 
     def refuse_new_runs(self) -> None:
@@ -295,9 +302,10 @@ class Dispatcher:
         return {name: events for name, events in found.items() if events}
 
     # -- durability and reload
-    def restore(self, saved: Saved) -> list[Pair]:
-        """What the last run left (durable.restore): the saved events to deliver first."""
-        return durable.restore(self, saved)
+    def restore(self, saved: Saved, handed_back: Collection[int] = ()) -> list[Pair]:
+        """What the last run left (durable.restore): the saved events to deliver first;
+        `handed_back`: dead letters a redelivery request waiting in state_dir names."""
+        return durable.restore(self, saved, handed_back)
 
     def snapshot(self, cursor: int | None) -> Saved:
         """Everything a snapshot of state_dir holds now (durable.snapshot)."""

@@ -6,7 +6,7 @@ the dead letters). `self` is the Dispatcher (flow/dispatch.py)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Container, Sequence
+from collections.abc import Collection, Container, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ghitwork.bus.changes import (
@@ -42,7 +42,7 @@ def _event(saved: dict[str, Any] | Event) -> Event | Malformed:
     return saved if isinstance(saved, Event) else to_event(saved, b"")
 
 
-def restore(self: Dispatcher, saved: Saved) -> list[Pair]:
+def restore(self: Dispatcher, saved: Saved, handed_back: Collection[int] = ()) -> list[Pair]:
     """Session ids, workspaces and redelivery marks from the last run, and the saved
     events, to be delivered before anything new, each in its conversation (as the config
     says now: an instance upgraded from one conversation per agent, or switched to
@@ -67,8 +67,10 @@ def restore(self: Dispatcher, saved: Saved) -> list[Pair]:
     for account, until in saved.quotas.items():
         self.accounts.restore(account, until)
     self.letters.load(saved.dead, saved.next_dead_letter)
-    if self.letters.kept:
-        self.publish(DeadLettersLoaded(letters=tuple(self.letters.kept.values())))
+    # those `ghit-work redeliver` handed back while no instance ran are not announced as kept
+    letters = tuple(letter for i, letter in self.letters.kept.items() if i not in handed_back)
+    if letters:
+        self.publish(DeadLettersLoaded(letters=letters))
     counts: dict[str, int] = {}
     sessions = {name: dict(kept.sessions) for name, kept in saved.agents.items() if kept.sessions}
     if sessions:  # shown where a run would show them: status, the API, the TUI
