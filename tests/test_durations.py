@@ -8,6 +8,7 @@ from ghitwork.model.durations import (
     format_duration,
     parse_budget,
     parse_duration,
+    parse_spend,
 )
 
 
@@ -62,3 +63,18 @@ def test_budgets_parse_count_and_window() -> None:
 def test_bad_budgets_are_rejected(text: object) -> None:
     with pytest.raises(DurationError):
         parse_budget(text)
+
+
+@pytest.mark.parametrize(
+    ("budget", "spent", "said"),
+    [
+        ("5.00/1d", 1.5, ("5.00/1d", "$1.50")),
+        ("0.005/1h", 0.0042, ("0.005/1h", "$0.0042")),  # under a cent: not rounded to one
+        ("1/1h", 0.1 + 0.2, ("1.00/1h", "$0.30")),
+    ],
+)
+def test_a_cost_budget_and_its_spend_are_shown_as_set(
+    budget: str, spent: float, said: tuple[str, str]
+) -> None:
+    parsed = parse_spend(budget, tokens=False)
+    assert (str(parsed), parsed.shown(spent)) == said

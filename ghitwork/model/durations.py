@@ -117,11 +117,17 @@ class SpendBudget:
     tokens: bool  # a token budget; else USD
 
     def __str__(self) -> str:
-        amount = f"{int(self.amount)}" if self.tokens else f"{self.amount:.2f}"
+        amount = f"{int(self.amount)}" if self.tokens else _usd(self.amount)
         return f"{amount}/{format_duration(self.window)}"
 
     def shown(self, value: float) -> str:
-        return f"{int(value):,} tokens" if self.tokens else f"${value:.2f}"
+        return f"{int(value):,} tokens" if self.tokens else f"${_usd(value)}"
+
+
+def _usd(amount: float) -> str:
+    """Dollars with cents, or as many digits as an amount under a cent needs ("0.005"): a
+    budget of half a cent is not shown as one of a cent."""
+    return f"{amount:.2f}" if abs(amount - round(amount, 2)) < 1e-9 else f"{amount:g}"
 
 
 def parse_spend(value: object, tokens: bool) -> SpendBudget:
