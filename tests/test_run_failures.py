@@ -162,6 +162,10 @@ def test_dead_letters_survive_a_restart_and_are_redelivered_while_stopped(setup:
     assert final.returncode == 0, final.stderr
     assert "dead letter 1 handed back to a (2 events)" in final.stderr
     assert "dead letter kept" not in final.stderr, "handed back: no longer announced as kept"
+    assert "exited with status 0 (the end of the stream; --drain does not restart it)" in (
+        final.stderr
+    )
+    assert "restarted by ghit-work" not in final.stderr
     assert [run["ids"] for run in runs(setup)[before:]] == [[1, 2]]
     assert dead_letters(setup) == []
 

@@ -242,8 +242,12 @@ class TailSource:
         # failure of the stream (it stays healthy).
         expected = self._stopped or self._restart or (self.drain and status == 0)
         reason = last_error[0] if last_error else "no message on stderr"
-        if expected:
-            reason = "stopped by ghit-work" if self._stopped else "restarted by ghit-work"
+        if self._stopped:
+            reason = "stopped by ghit-work"
+        elif self._restart:
+            reason = "restarted by ghit-work"
+        elif expected:
+            reason = "the end of the stream; --drain does not restart it"
         self.bus.publish(SourceExited(status=status, reason=reason, expected=expected))
         return status, f"exit status {status}: {reason}"
 
