@@ -11,6 +11,7 @@ idle conversation with nothing queued is forgotten once more than MAX_IDLE of th
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ghitwork.bus.changes import (
@@ -154,14 +155,23 @@ class _Agent:
             found.shown = None
         return found
 
-    def add(self, found: _Conversation) -> None:
-        """One it had before (kept in state_dir), idle: less recently active than the others."""
-        self.conversations = {found.key: found, **self.conversations}
-        self.states[found.state] = self.states.get(found.state, 0) + 1
-        found.counted = found.state
-        if found.key != OWN and found.state in _QUIET and not found.queue:
-            self.quiet = {found.key: None, **self.quiet}
-        self.shown = None
+    def recall(self, keys: Sequence[str], at: float) -> None:
+        """Threads it worked on before the restart (`keys`, the most recently used last, as
+        state_dir keeps them: their usage, their sessions), those it does not show yet: in
+        thread mode, at most MAX_IDLE, the most recently used, idle and less recently active
+        than any it has now."""
+        if not self.threads:
+            return
+        for key in reversed(keys[-MAX_IDLE:]):
+            if key in self.conversations or len(self.quiet) >= MAX_IDLE:
+                continue
+            found = _Conversation(key, self.resting, at, usage=self.usage.get(key, NO_USAGE))
+            self.conversations = {key: found, **self.conversations}
+            self.states[found.state] = self.states.get(found.state, 0) + 1
+            found.counted = found.state
+            if key != OWN and found.state in _QUIET:
+                self.quiet = {key: None, **self.quiet}
+            self.shown = None
 
     def changed(self, found: _Conversation) -> None:
         """`found` changed: the counts of states, and the quiet ones (the least recently

@@ -62,7 +62,7 @@ from ghitwork.bus.changes import (
 from ghitwork.model.conversations import OWN
 from ghitwork.model.usage import MAX_CONVERSATIONS, NO_USAGE, Usage, day_of
 from ghitwork.observe.agents import MAX_IDLE as MAX_IDLE
-from ghitwork.observe.agents import _Agent, _Conversation
+from ghitwork.observe.agents import _Agent
 from ghitwork.observe.dashstate import _DashboardState
 from ghitwork.observe.lines import LEVELS, lines_of, only_info, routed_line
 from ghitwork.observe.view import DAYS, _hms, kind_and_title
@@ -208,13 +208,7 @@ class DashboardModel(_DashboardState):
             current.usage = dict(kept)  # the most recently used last, as the ledger keeps it
             for key, found in current.conversations.items():
                 found.usage, found.shown = kept.get(key, NO_USAGE), None
-            if current.threads:
-                # The threads it worked on before: what did they cost? (at most MAX_IDLE,
-                # the most recently used; as less recently active than any it has now)
-                for key in reversed(list(kept)[-MAX_IDLE:]):
-                    if key not in current.conversations and len(current.quiet) < MAX_IDLE:
-                        state = current.resting
-                        current.add(_Conversation(key, state, change.at, usage=kept[key]))
+            current.recall(list(kept), change.at)  # the threads it worked on: what they cost
             current.settle(change.at)
         return True
 
@@ -225,16 +219,10 @@ class DashboardModel(_DashboardState):
         recently used)."""
         for name, kept in change.sessions.items():
             current = self._agent(name)
+            current.recall(list(kept), change.at)
             for key, found in current.conversations.items():
                 if key in kept:
                     found.session_id, found.shown = kept[key], None
-            if current.threads:
-                for key in reversed(list(kept)[-MAX_IDLE:]):
-                    if key not in current.conversations and len(current.quiet) < MAX_IDLE:
-                        found = _Conversation(key, current.resting, change.at)
-                        found.session_id = kept[key]
-                        found.usage = current.usage.get(key, NO_USAGE)
-                        current.add(found)
             current.shown = None
             current.settle(change.at)
         return False

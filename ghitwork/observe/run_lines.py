@@ -52,11 +52,7 @@ def _finished(change: RunFinished) -> Line:
             )
         if change.new is AgentState.NEEDS_INPUT:
             level = Level.WARNING
-            asked = f": {result.question}" if result.question else ""
-            message += (
-                f"; it needs input{asked} (its next event wakes it, or `ghit-work resume "
-                f"{change.agent}`)"
-            )
+            message += _asks(change.agent, result.question)
             fields["question"] = result.question
         letter = change.dead_letter
         if letter is not None:
@@ -111,6 +107,12 @@ def _started_is_info(change: RunStarted) -> bool:
 @only_info.register
 def _finished_is_info(change: RunFinished) -> bool:
     return change.result.ok and change.dead_letter is None
+
+
+def _asks(agent: str, question: str | None) -> str:
+    """What a conversation waiting for a human says, the question first (SPEC §13)."""
+    asked = f": {question}" if question else ""
+    return f"; it needs input{asked} (its next event wakes it, or `ghit-work resume {agent}`)"
 
 
 @only_info.register
@@ -223,11 +225,7 @@ def _agent_changed(change: AgentChanged) -> Line | None:
         message += f", {count_events(change.queue)} waiting"
     if change.new is AgentState.NEEDS_INPUT:  # still asking, since before a restart
         level = Level.WARNING  # a human is wanted: the attention pane, as when it asked
-        asked = f": {change.reason}" if change.reason else ""
-        message += (
-            f"; it needs input{asked} (its next event wakes it, or `ghit-work resume "
-            f"{change.agent}`); kept from before the restart"
-        )
+        message += _asks(change.agent, change.reason) + "; kept from before the restart"
     elif change.reason:
         message += f"; {change.reason}"
     return Line(
