@@ -28,7 +28,8 @@ MASKS = [
     (re.compile(r"/tmp/gw-\w{0,8}"), "/tmp/gw-XXXXXXXX"),  # also when cut by the edge
     (re.compile(r"\d{8}T\d{6}\.\d{6}Z"), "<stamp>"),
     (re.compile(r"\b\d\d:\d\d:\d\d\b"), "<time>"),
-    (re.compile(r"\b\d+(\.\d+)?s\b"), "<n>s"),
+    # with the spaces before it: a right-aligned 0.4s and 0.41s start at different columns
+    (re.compile(r" *\b\d+(\.\d+)?s\b"), " <n>s"),
     (re.compile(r"\$\d+\.\d+"), "$<n>"),
     (re.compile(r"\bpid \d+"), "pid <n>"),
     (re.compile(r"\breview-\d+"), "review-<n>"),
