@@ -9,6 +9,7 @@ from reactivex.testing import TestScheduler
 from rxfakes import FakeAgents, agent_config, ev, run_flow
 
 from ghitwork.bus.changes import AgentChanged, AgentState, RunFinished, RunStarted
+from ghitwork.flow import routing
 from ghitwork.flow.routing import Matcher, Slots
 
 
@@ -36,6 +37,26 @@ def test_matching_uses_kind_scope_hierarchy_and_never_the_agents_own_events() ->
         "thread",
     ), "an agent's own event is not delivered to it, but to others"
     assert matcher.match(ev(9, kind="unknown-kind")) == ()
+
+
+def test_matching_stays_right_and_bounded_over_more_threads_than_it_remembers() -> None:
+    """A forge's threads only grow: what the matcher remembers per thread is bounded
+    (CACHED), and a thread met again after its cache started over is matched the same."""
+    matcher = Matcher(
+        [
+            agent_config("repo", scopes=["repo:teams/ghit/ghit"], kinds=["reply-created"]),
+            agent_config("team", scopes=["team:other"], kinds=["reply-created"]),
+            agent_config("one", scopes=["thread:teams/ghit/ghit/7"], kinds=["reply-created"]),
+        ]
+    )
+    threads = routing.CACHED * 2 + 10
+    for number in itertools.chain(range(threads), range(threads)):
+        got = matcher.match(ev(number, scope=f"thread:teams/ghit/ghit/{number}"))
+        assert got == (("repo", "one") if number == 7 else ("repo",)), number
+        assert matcher.match(ev(number, scope=f"thread:teams/other/x/{number}")) == ("team",)
+        assert matcher.match(ev(number, scope=f"thread:bob/dots/{number}")) == ()
+        assert len(matcher._covered) <= routing.CACHED + 1
+    assert len(matcher._parents) == 3, "a repo's agents are kept once, not per thread"
 
 
 def test_the_first_event_of_every_agent_arrives() -> None:

@@ -34,7 +34,10 @@ Run = Callable[[], Observable[_T]]
 # queued go as one request (one Rx hop, not one each)
 Request = tuple[str, tuple[Run[_T], ...]]
 Split = Callable[[str, Sequence[Event]], Iterable[tuple[str, tuple[Event, ...]]]]
-CACHED = 50_000  # entries per Matcher cache; past it the cache starts again
+# Entries per Matcher cache; past it the cache starts again. Each event scope remembered costs
+# ~130 bytes, and a forge's threads only grow: 16,384 bounds it at ~2 MB, and a thread's
+# scope found again after a restart of the cache costs ~0.3 us (its repo's agents are kept).
+CACHED = 16_384
 HOLD = 0.25  # seconds runs wait, at most, while a catch-up is read (Slots.backlog)
 SETTLE = 0.01  # seconds a held catch-up's empty pipe must stay empty before runs start
 
@@ -61,6 +64,8 @@ class Matcher:
                 self.by_scope[scope] = self.by_scope.get(scope, 0) | bit
             self.own[agent.username] = self.own.get(agent.username, 0) | bit
         self._covered: dict[str, int] = {}  # event scope -> agents covering it (a cache)
+        # "thread:L" -> the agents covering every thread of repo L (one per repo, a cache)
+        self._parents: dict[str, int] = {}
         self._named: dict[int, tuple[str, ...]] = {0: ()}  # agents -> their names (a cache)
 
     def match(self, event: Event) -> tuple[str, ...]:
@@ -84,13 +89,28 @@ class Matcher:
         return names
 
     def _cover(self, scope: str) -> int:
-        """Every agent subscribed to `scope` or to a scope above it."""
-        agents = 0
-        for cover in covering(scope):
-            agents |= self.by_scope.get(cover, 0)
+        """Every agent subscribed to `scope` or to a scope above it. A thread's scope is
+        looked up in its repo's (a few dict lookups): what is remembered per thread is an int."""
+        slash = scope.rfind("/") if scope.startswith("thread:") else -1
+        if slash < 0:
+            agents = self._subscribed(covering(scope))
+        else:
+            parent = scope[:slash]
+            above = self._parents.get(parent)
+            if above is None:
+                if len(self._parents) > CACHED:
+                    self._parents.clear()
+                above = self._parents[parent] = self._subscribed(covering(scope)[1:])
+            agents = above | self.by_scope.get(scope, 0)
         if len(self._covered) > CACHED:
             self._covered.clear()
         self._covered[scope] = agents
+        return agents
+
+    def _subscribed(self, scopes: Iterable[str]) -> int:
+        agents = 0
+        for scope in scopes:
+            agents |= self.by_scope.get(scope, 0)
         return agents
 
 

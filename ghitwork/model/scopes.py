@@ -9,7 +9,6 @@ carrying `scope`; matching is then a set lookup per event scope.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
 _FORMS = {
     "team": re.compile(r"[^\s/]+"),
@@ -36,9 +35,10 @@ def scope_problem(scope: str) -> str | None:
     return None
 
 
-@lru_cache(maxsize=65536)
 def covering(scope: str) -> tuple[str, ...]:
-    """Every scope whose subscribers receive an event that carries `scope` (itself first)."""
+    """Every scope whose subscribers receive an event that carries `scope` (itself first).
+    Not cached here: a cache of every thread ever seen grows with the forge (~290 bytes a
+    thread); the Matcher keeps what it needs per repo."""
     form, _, rest = scope.partition(":")
     result = [scope]
     locator = ""
