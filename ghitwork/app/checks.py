@@ -14,6 +14,8 @@ from ghitwork.config.model import Config, ConfigError, command_problems
 from ghitwork.notify import send
 from ghitwork.source.tail import beside_ghit_work
 
+STRONG_TOKEN = 16  # characters a control token should have, at least (shorter: a warning)
+
 
 def tail_cmd_problem(config: Config, environ: Mapping[str, str]) -> ConfigError | None:
     """`tail_cmd`'s program when it cannot be found the way the daemon starts it (on PATH,
@@ -74,7 +76,8 @@ def notify_problems(config: Config, urls: bool = False) -> list[ConfigError]:
 
 def warn_missing_commands(config: Config, bus: StateBus) -> None:
     """At start and at each reload: an agent whose command cannot be found is a warning (it
-    may be installed later), not a refusal; so is `[[notify]]` without apprise."""
+    may be installed later), not a refusal; so is `[[notify]]` without apprise, and a control
+    token short enough to guess."""
     for problem in command_problems(config):
         bus.notice(
             Level.WARNING,
@@ -86,6 +89,14 @@ def warn_missing_commands(config: Config, bus: StateBus) -> None:
             Level.WARNING,
             "config",
             f"{problem}; notifications wait in the outbox until it is installed",
+        )
+    if config.http_token and len(config.http_token) < STRONG_TOKEN:
+        bus.notice(
+            Level.WARNING,
+            "config",
+            f"{config.path}: ghit-work.http_token_file: the token is only "
+            f"{len(config.http_token)} characters, easy to guess; anyone who guesses it "
+            f"controls the agents (use at least {STRONG_TOKEN}: `openssl rand -hex 32 > FILE`)",
         )
 
 

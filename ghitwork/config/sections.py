@@ -106,10 +106,9 @@ class Sections(Values):
             ) from None
         except UnicodeDecodeError:
             raise self.fail("ghit-work.http_token_file", f"{path}: not UTF-8 text") from None
-        if len(token) < 16 or any(c.isspace() for c in token):
+        if not token or any(c.isspace() for c in token):
             raise self.fail(
                 "ghit-work.http_token_file",
-                f"{path}: the token must be one word of at least 16 characters "
-                "(e.g. `openssl rand -hex 32 > FILE`)",
+                f"{path}: the token must be one word (e.g. `openssl rand -hex 32 > FILE`)",
             )
         return {"http_token_file": path, "http_token": token, "http_auth": auth}
