@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from ghitwork.bus.changes import Level, StateBus
 from ghitwork.config.model import Config, ConfigError, command_problems
+from ghitwork.model.durations import format_duration
 from ghitwork.notify import send
 from ghitwork.source.tail import beside_ghit_work
 
@@ -19,8 +20,9 @@ STRONG_TOKEN = 16  # characters a control token should have, at least (shorter: 
 
 def tail_cmd_problem(config: Config, environ: Mapping[str, str]) -> ConfigError | None:
     """`tail_cmd`'s program when it cannot be found the way the daemon starts it (on PATH,
-    or beside ghit-work; a path with `/` from the config's directory): `check` refuses it,
-    and a start says so and exits 2 rather than retry a command that does not exist."""
+    or beside ghit-work; a path with `/` from the config's directory). Not a refusal: SPEC §1
+    has init's config pass `check` wherever the agents' CLIs are installed, and §4 retries a
+    tail-events that cannot start. `check` and a start say so plainly, as a warning."""
     if not config.enabled_agents:
         return None  # tail-events is not started
     search = environ.get("PATH", os.defpath)
@@ -47,12 +49,18 @@ def tail_cmd_problem(config: Config, environ: Mapping[str, str]) -> ConfigError 
     return None
 
 
-def check_problems(config: Config, environ: Mapping[str, str] | None = None) -> list[ConfigError]:
-    """What `check` refuses: a tail command or an enabled agent's command that cannot be
-    found (a start warns about the agents' and refuses the tail command's)."""
-    tail = tail_cmd_problem(config, os.environ if environ is None else environ)
-    problems = ([tail] if tail is not None else []) + command_problems(config)
-    return problems + notify_problems(config, urls=True)
+def check_problems(config: Config) -> list[ConfigError]:
+    """What `check` refuses: an enabled agent's command that cannot be found (a start warns
+    about it), a `[[notify]]` URL apprise cannot use."""
+    return command_problems(config) + notify_problems(config, urls=True)
+
+
+def tail_warning(problem: ConfigError, config: Config) -> str:
+    """What `check` and a start say of a tail command that cannot be found."""
+    return (
+        f"{problem}; until it is, tail-events cannot start: a start retries it for the retry "
+        f"window ({format_duration(config.retry)}), then exits 3"
+    )
 
 
 def notify_problems(config: Config, urls: bool = False) -> list[ConfigError]:

@@ -172,10 +172,9 @@ class Daemon:
             lambda message: self.bus.notice(Level.WARNING, "start", message),
         )
         missing = checks.tail_cmd_problem(self.config, self.environ)
-        if missing is not None:  # no retrying a command that does not exist: said plainly
-            message = f"cannot start: {missing}; nothing was started (exit status 2)"
-            self.bus.notice(Level.ERROR, "tail-events", message)
-            return Exit.USAGE
+        if missing is not None:  # said plainly, then retried as SPEC §4 says
+            message = checks.tail_warning(missing, self.config)
+            self.bus.notice(Level.WARNING, "tail-events", message)
         self.children.open()
         checks.warn_missing_commands(self.config, self.bus)
         drained: asyncio.Future[None] = loop.create_future()
