@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -253,3 +254,33 @@ def test_p_pauses_and_resumes_the_selected_agent(setup: Setup, tmux: Tmux) -> No
     poll(lambda: setup.delivered("codex") == [1], what="codex's queued event once resumed")
     tmux.keys("q")
     tmux.wait_for("EXITED=0")
+
+
+def test_nothing_is_written_to_stderr_while_the_tui_owns_the_terminal(
+    setup: Setup, tmux: Tmux
+) -> None:
+    """SPEC §6, with stderr redirected to a file so that a line written there is seen; a
+    failure (exit 3 here) is said on stderr once the terminal is given back."""
+    two_agents(setup)
+    err = setup.path / "stderr.txt"
+    tmux.type(f"{shlex.join([GHIT_WORK, '--tui'])} 2>{err}; echo EXITED=$?")
+    tmux.keys("Enter")
+    tmux.wait_for("healthy")
+    write_events(setup.events, [event(7, title="A brand new thread")])
+    tmux.keys("Tab", "Tab")  # the log pane: the status lines are there
+    tmux.wait_for("agent claude: working -> idle")
+    tmux.keys("q")
+    tmux.wait_for("EXITED=0")
+    assert err.read_text() == ""
+    setup.write_config({"claude": {}}, retry="1s")
+    text = re.sub(
+        r"(?m)^tail_cmd = .*$", 'tail_cmd = ["no-such-tail-events"]', setup.config.read_text()
+    )
+    setup.config.write_text(text)
+    tmux.type(f"{shlex.join([GHIT_WORK, '--tui'])} 2>{err}; echo EXITED=$?")
+    tmux.keys("Enter")
+    tmux.wait_for("EXITED=3")
+    said = err.read_text().splitlines()
+    assert said[0] == "ghit-work: exit status 3; the last warnings and errors:", said
+    assert "command not found: 'no-such-tail-events'" in said[1]
+    assert "gave up" in said[-1] and all(line.startswith("  ") for line in said[1:])

@@ -145,6 +145,7 @@ def _options(parser: argparse.ArgumentParser, command: str | None) -> None:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
 
 
+AFTER_TUI = 10  # attention lines printed once --tui has given the terminal back, after a failure
 EXIT_STATUSES = """exit status:
   0  a clean stop (SIGTERM, SIGINT, or --drain done)
   1  anything else (e.g. state_dir cannot be used)
@@ -319,9 +320,7 @@ def run(config: Config, args: argparse.Namespace, err: TextIO) -> int:
     # One redactor for every surface; the dispatcher refreshes it at each reload, before the
     # reload's ConfigApplied is published.
     redactor = Redactor(secret_values(os.environ, config))
-    if not args.tui or not err.isatty():
-        # With --tui the status lines go to the log pane; they still go to stderr when it
-        # is redirected (`ghit-work --tui 2>>ghit-work.log`), never onto the screen.
+    if not args.tui:  # with --tui the status lines go to the log pane, never to stderr
         writer = StatusWriter(err, Level(args.log_level), args.log_format == "json", redactor)
         bus.changes.subscribe(writer)
     raised = runtime.raise_open_files_limit()  # runs, state and HTTP share the descriptors
@@ -348,7 +347,12 @@ def run(config: Config, args: argparse.Namespace, err: TextIO) -> int:
     debug = args.log_level == "debug"
     if not args.tui:
         return int(runtime.run(daemon.run(), bus.notice, debug))
-    return int(runtime.run(_with_dashboard(daemon, model), bus.notice, debug))
+    status = int(runtime.run(_with_dashboard(daemon, model), bus.notice, debug))
+    if status != Exit.OK:  # the terminal is given back: say why, as nothing was said meanwhile
+        print(f"{PROG}: exit status {status}; the last warnings and errors:", file=err)
+        for line in list(model.attention)[-AFTER_TUI:]:
+            print(f"  {line}", file=err)
+    return status
 
 
 async def _with_dashboard(daemon: Daemon, model: DashboardModel) -> Exit:
