@@ -78,9 +78,14 @@ def at(
         ("12am", at(4, 0)),
         ("00:00", at(4, 0)),
         ("12pm", at(4, 12)),
-        # passed moments ago (the printed minute is truncated): now, not tomorrow
-        ("14:17", NOW),
-        ("2:16 PM", NOW),
+        # the minute just passed (the printed minute is truncated): now, not tomorrow
+        ("14:19", NOW),
+        ("2:19 PM", NOW),
+        ("14:19:30", NOW),
+        # clearly past, even by two minutes: tomorrow (SPEC §14)
+        ("14:17", at(4, 14, 17)),
+        ("2:18 PM", at(4, 14, 18)),
+        ("14:18:30", at(4, 14, 18, 30)),
         # tomorrow / today said outright
         ("tomorrow at 9am", at(4, 9)),
         ("9am tomorrow", at(4, 9)),

@@ -15,7 +15,10 @@ from collections.abc import Callable, Iterable
 
 from ghitwork.bus.changes import Change, QuotaChanged
 
-JITTER = (2.0, 30.0)  # seconds added to a reset: at random within these
+# Seconds added to a reset, at random within these: enough that an account's agents do not
+# all wake onto a window that opened a moment late (clocks differ by well under a second
+# with NTP), and close to the time printed (SPEC §14: "until then").
+JITTER = (1.0, 3.0)
 
 Schedule = Callable[[float, Callable[[], None]], Callable[[], None]]
 

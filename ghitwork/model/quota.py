@@ -40,8 +40,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 MAX_AHEAD = timedelta(days=8)
 """The furthest a reset read from prose may lie ahead (the longest window, a week, plus a day)."""
 
-GRACE = timedelta(minutes=5)
-"""How long ago a printed time of day may have passed and still mean "now" rather than tomorrow."""
+GRACE = timedelta(minutes=1)
+"""How long ago a printed time of day may have passed and still mean "now" rather than tomorrow
+(SPEC §14: past means tomorrow; the minute's end is counted first, so this only covers the
+moment the message takes to reach us, not a time clearly past)."""
 
 _UNIT_SECONDS = {
     "s": 1,
