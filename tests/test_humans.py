@@ -214,3 +214,33 @@ def test_a_paused_agent_is_shown_paused_with_its_reason_and_end(setup: Setup) ->
         assert "b" not in paused_agents(setup)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
+
+
+def test_an_agent_paused_while_its_run_works_is_paused_at_once_and_the_run_finishes(
+    setup: Setup,
+) -> None:
+    """SPEC §13: "a running one finishes", and "its state is paused on every surface": at
+    once, with the reason and the batch that is finishing; nothing new starts after it."""
+    setup.write_config(
+        {"a": {"env": {"RECORD": str(setup.records), "SLEEP": "3"}}}, tail=["--follow"]
+    )
+    with Running(setup.path) as daemon:
+        write_events(setup.events, [event(1)])
+        daemon.wait_for("agent a: queued -> working")
+        assert ghit_work("pause", "a", "--reason", "deploying", cwd=setup.path).returncode == 0
+        shown = poll(lambda: paused_agents(setup).get("a"), what="a paused while working")
+        assert "deploying" in shown["problem"] and shown["batch"] == [1], shown
+        assert setup.delivered("a") == [1]
+        text = ghit_work("status", cwd=setup.path).stdout
+        assert "paused" in text and "deploying" in text, text
+        write_events(setup.events, [event(2)])
+        daemon.wait_for("agent a: idle -> paused, 1 event waiting")  # the run ended; none starts
+        poll(
+            lambda: paused_agents(setup).get("a", {}).get("batch") == [],
+            what="a still paused, its run over",
+        )
+        assert paused_agents(setup)["a"]["queue"] == 1 and setup.delivered("a") == [1]
+        assert ghit_work("resume", "a", cwd=setup.path).returncode == 0
+        poll(lambda: setup.delivered("a") == [1, 2], what="2 after resume")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0

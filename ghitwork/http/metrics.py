@@ -136,7 +136,7 @@ class Collector(CollectorBase):
         for agent in agents:
             queue.add_metric([agent.name], agent.queue)
         yield queue
-        working = sum(1 for agent in agents if agent.state is AgentState.WORKING)
+        working = sum(1 for agent in agents if agent.working)
         yield GaugeMetricFamily("ghitwork_agents_working", "Agents with a run working.", working)
         conversations = GaugeMetricFamily(
             "ghitwork_conversations",

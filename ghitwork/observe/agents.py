@@ -210,12 +210,13 @@ class _Agent:
                 state = AgentState.DISABLED
             if state is not self.state:
                 self.state, self.since = state, at
-        quiet = (AgentState.WORKING, AgentState.DISABLED, AgentState.PAUSED)
-        if paused is not None and self.state not in quiet:
-            # paused on every surface while no run works (SPEC §13), since it was
+        if paused is not None and self.state not in (AgentState.DISABLED, AgentState.PAUSED):
+            # paused on every surface at once (SPEC §13), since it was, also while a run of
+            # it finishes (its batch still shown)
             self.state, self.since = AgentState.PAUSED, paused.since or paused.at
         quota = self.quota
-        if quota is not None and self.state not in (*quiet, AgentState.QUOTA):
+        quiet = (AgentState.WORKING, AgentState.DISABLED, AgentState.PAUSED, AgentState.QUOTA)
+        if quota is not None and self.state not in quiet:
             self.state, self.since = AgentState.QUOTA, quota.at
 
     def view(self) -> AgentView:
@@ -233,6 +234,11 @@ class _Agent:
             (one,) = ordered
             batch, batch_ids = one.batch, one.batch_ids
             session, attempt, due, problem = one.session_id, one.attempt, one.due, one.problem
+        else:
+            working = [c for c in ordered if c.state is AgentState.WORKING]
+            if working:
+                batch = tuple(sorted(b for c in working for b in c.batch)[:BATCH_SHOWN])
+                batch_ids = tuple(sorted(i for c in working for i in c.batch_ids))
         if self.paused is not None and self.state is AgentState.PAUSED:
             pause = self.paused
             problem, due = pause_text(pause.until, pause.by, pause.reason), pause.until
@@ -243,10 +249,6 @@ class _Agent:
             due = quota.until
         elif ordered and len(ordered) > 1:
             lead = ordered[0]  # the most pressing, the most recently active of those
-            working = [c for c in ordered if c.state is AgentState.WORKING]
-            if working:
-                batch = tuple(sorted(b for c in working for b in c.batch)[:BATCH_SHOWN])
-                batch_ids = tuple(sorted(i for c in working for i in c.batch_ids))
             dues = [c.due for c in ordered if c.state is lead.state and c.due is not None]
             session, attempt, problem = lead.session_id, lead.attempt, lead.problem
             due = min(dues) if dues else None

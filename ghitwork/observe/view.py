@@ -102,6 +102,13 @@ class AgentView:
         return any(c.conversation for c in self.conversations)
 
     @property
+    def working(self) -> bool:
+        """A run of it works (its state may say paused: a paused agent's run finishes)."""
+        return self.state is AgentState.WORKING or any(
+            c.state is AgentState.WORKING for c in self.conversations
+        )
+
+    @property
     def shown_state(self) -> str:
         """The strip's word: an idle agent whose last run failed is shown as failing."""
         if self.state is AgentState.IDLE and self.problem:

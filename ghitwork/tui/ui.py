@@ -24,7 +24,6 @@ from asciimatics.event import KeyboardEvent
 from asciimatics.scene import Scene
 from asciimatics.screen import Screen
 
-from ghitwork.bus.changes import AgentState
 from ghitwork.observe.dashboard import DashboardModel, View
 from ghitwork.tui.panes import PANES, UiState, render, selected
 
@@ -86,7 +85,7 @@ def handle_key(
             ui.expanded = False
     elif key == ord("k"):
         agent = selected(ui, view)
-        if agent is None or agent.state is not AgentState.WORKING:
+        if agent is None or not agent.working:
             name = agent.name if agent else "no agent"
             model.note(f"k: {name} is not working; nothing to stop")
         else:
