@@ -222,6 +222,37 @@ def test_quota_notifies_once_per_account_window_and_not_again_at_a_restart() -> 
     assert [n.cause for n in causes.on(later)] == ["quota"]
 
 
+THREAD = "thread:teams/ghit/ghit/39"
+THREAD_URL = "https://ghit.example/teams/ghit/ghit/threads/39"
+
+
+def test_quota_and_throttled_say_the_conversation_its_events_and_the_thread_url() -> None:
+    """SPEC §13: each notification says the conversation, the event ids and the thread's
+    web URL: quota's, those of the run that hit the limit; throttled's, those held back."""
+    causes = Causes()
+    causes.on(started())
+    limit = QuotaChanged(
+        account="max",
+        until=1_800_000_000.0,
+        agents=("codex",),
+        agent="codex",
+        reason="resets 3pm",
+        conversation=THREAD,
+        event_ids=(101, 102),
+    )
+    (quota,) = causes.on(limit)
+    assert f"conversation: {THREAD}" in quota.body and "events: 101-102" in quota.body
+    assert f"thread: {THREAD_URL}" in quota.body and quota.web_url == THREAD_URL
+    held = replace(
+        changed(AgentState.THROTTLED, reason="budget 2/1h used up"),
+        conversation=THREAD,
+        waiting=(event(103), event(104)),
+    )
+    (throttled,) = causes.on(held)
+    assert f"conversation: {THREAD}" in throttled.body and "events: 103-104" in throttled.body
+    assert f"thread: {THREAD_URL}" in throttled.body and throttled.event_ids == (103, 104)
+
+
 def test_a_pause_notifies_but_a_pause_restored_at_start_does_not() -> None:
     causes = Causes()
     found = causes.on(

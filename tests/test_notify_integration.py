@@ -351,6 +351,8 @@ def test_an_agent_over_its_budget_notifies_throttled_once(setup: Setup, receiver
     assert body["title"] == "ghit-work: codex is throttled"
     assert body["message"].startswith("codex is throttled: ")
     assert "agent: codex" in body["message"]
+    assert "\nevents: 2\n" in body["message"], body["message"]  # the one it holds back
+    assert "\nthread: https://" in body["message"], body["message"]
 
 
 def test_a_stream_given_up_notifies_failing_and_its_return_healthy(

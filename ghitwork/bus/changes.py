@@ -65,6 +65,9 @@ class AgentChanged(Change):
     reason: str = ""
     conversation: str = ""
     due: float | None = None  # throttled, quota: when it may run again
+    # entering throttled: the events it holds back (the first SHOWN_WAITING), for the
+    # notification's ids and thread URL (SPEC §13)
+    waiting: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,6 +164,8 @@ class QuotaChanged(Change):
     agents: tuple[str, ...]
     agent: str = ""  # whose run said so
     reason: str = ""  # what that run printed (its last stderr line, redacted)
+    conversation: str = ""  # that run's conversation (SPEC §12)
+    event_ids: tuple[int, ...] = ()  # that run's batch, which waits for the reset
     restored: bool = False  # kept in state_dir, in force again at start (not new)
 
 

@@ -47,15 +47,23 @@ class Accounts:
         until = self.closed.get(account)
         return until if until is not None and until > self.clock() else None
 
-    def close(self, account: str, reset: float, agent: str = "", reason: str = "") -> float:
-        """`agent`'s run said `account`'s limit resets at `reset`: closed until then (plus
-        jitter); a later reset of an account closed already moves it later, never sooner.
-        Returns until when it is closed."""
+    def close(
+        self,
+        account: str,
+        reset: float,
+        agent: str = "",
+        reason: str = "",
+        conversation: str = "",
+        event_ids: tuple[int, ...] = (),
+    ) -> float:
+        """`agent`'s run (of `conversation`, its batch `event_ids`) said `account`'s limit
+        resets at `reset`: closed until then (plus jitter); a later reset of an account closed
+        already moves it later, never sooner. Returns until when it is closed."""
         current = self.until(account)
         until = reset + self.jitter()
         if current is not None and current >= reset:
             return current
-        self._set(account, until, agent, reason)
+        self._set(account, until, agent, reason, run=(conversation, event_ids))
         return until
 
     def restore(self, account: str, until: float) -> None:
@@ -64,7 +72,13 @@ class Accounts:
             self._set(account, until, restored=True)
 
     def _set(
-        self, account: str, until: float, agent: str = "", reason: str = "", restored: bool = False
+        self,
+        account: str,
+        until: float,
+        agent: str = "",
+        reason: str = "",
+        restored: bool = False,
+        run: tuple[str, tuple[int, ...]] = ("", ()),
     ) -> None:
         self.closed[account] = until
         cancel = self._timers.pop(account, None)
@@ -80,6 +94,8 @@ class Accounts:
                 agent=agent,
                 reason=reason,
                 restored=restored,
+                conversation=run[0],
+                event_ids=run[1],
             )
         )
 

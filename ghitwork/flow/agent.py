@@ -284,7 +284,8 @@ class Agent:
         if self.accounts is None:
             return reset
         reason = result.limit_line or result.last_stderr or result.describe()
-        return self.accounts.close(self.config.quota_account, reset, self.name, reason)
+        run = (result.conversation, result.event_ids)
+        return self.accounts.close(self.config.quota_account, reset, self.name, reason, *run)
 
     # -- what conversations share: budgets
     def throttle(self) -> policy.Throttle | None:

@@ -39,6 +39,7 @@ from ghitwork.run.spec import fault_text, prepare
 if TYPE_CHECKING:
     from ghitwork.flow.agent import Agent
 
+SHOWN_WAITING = 20  # events a throttled conversation names in its change (its notification)
 WAITING = (AgentState.RETRYING, AgentState.RATE_LIMITED, AgentState.THROTTLED, AgentState.QUOTA)
 
 
@@ -176,7 +177,7 @@ class Conversation:
             f"(in {format_duration(delay)}){hot}"
         )
         self.due = held.until
-        self._set(AgentState.THROTTLED, reason, was)
+        self._set(AgentState.THROTTLED, reason, was, tuple(self.pending[:SHOWN_WAITING]))
         self._timer = self.agent.schedule(delay, self._release)
 
     def _release(self) -> None:
@@ -365,7 +366,13 @@ class Conversation:
                 self._complete_if_done()
                 self.agent.settled(self)
 
-    def _set(self, new: AgentState, reason: str = "", was: AgentState | None = None) -> None:
+    def _set(
+        self,
+        new: AgentState,
+        reason: str = "",
+        was: AgentState | None = None,
+        waiting: tuple[Event, ...] = (),
+    ) -> None:
         if new is self.state and was is None:
             return
         if self.state is AgentState.NEEDS_INPUT and new is not AgentState.NEEDS_INPUT:
@@ -380,5 +387,6 @@ class Conversation:
                 reason=reason,
                 conversation=self.key,
                 due=self.due if new in WAITING else None,
+                waiting=waiting,
             )
         )

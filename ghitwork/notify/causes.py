@@ -166,7 +166,9 @@ class Causes:
                 self._forget(self.throttled, change.agent)
             elif old == AgentState.NEEDS_INPUT:
                 self._forget(self.parked, _conversation_key(change.agent, change.conversation))
-        found = self._entering(change.agent, change.conversation, new, change.reason, change.at)
+        found = self._entering(
+            change.agent, change.conversation, new, change.reason, change.at, change.waiting
+        )
         if new == AgentState.NEEDS_INPUT and old != new:
             conversation = (change.agent, change.conversation)
             found += self._needs_input(
@@ -181,13 +183,19 @@ class Causes:
         return found
 
     def _entering(
-        self, agent: str, conversation: str, state: str, reason: str, at: float
+        self,
+        agent: str,
+        conversation: str,
+        state: str,
+        reason: str,
+        at: float,
+        waiting: Sequence[Event] = (),
     ) -> list[Notification]:
         if state == AgentState.THROTTLED and agent not in self.throttled:
             key = f"throttled:{agent}:{at:.6f}"
             self.throttled[agent] = key
             self.dirty = True
-            return [say.throttled(agent, conversation, reason, at, key)]
+            return [say.throttled(agent, conversation, reason, at, key, waiting)]
         return []
 
     def _quota_changed(self, change: QuotaChanged) -> list[Notification]:
@@ -201,7 +209,8 @@ class Causes:
         key = f"quota:{change.account}:{change.until:.0f}"
         self.quota[change.account] = key
         self.dirty = True
-        return [say.quota(change, change.until, key)]
+        shown = self._shown.get((change.agent, change.conversation), ())  # its run's, ending
+        return [say.quota(change, change.until, key, shown)]
 
     def _needs_input(
         self,

@@ -124,7 +124,14 @@ def compose(
     )
 
 
-def throttled(agent: str, conversation: str, reason: str, at: float, key: str) -> Notification:
+def throttled(
+    agent: str,
+    conversation: str,
+    reason: str,
+    at: float,
+    key: str,
+    waiting: Sequence[Event] = (),
+) -> Notification:
     why = f": {reason}" if reason else " (its run budget is used up)"
     return compose(
         "throttled",
@@ -136,11 +143,14 @@ def throttled(agent: str, conversation: str, reason: str, at: float, key: str) -
         kind=WARNING,
         agent=agent,
         conversation=conversation,
+        events=objects(waiting),
         hint="See docs/budgets.md to change its budget.",
     )
 
 
-def quota(change: QuotaChanged, until: float, key: str) -> Notification:
+def quota(
+    change: QuotaChanged, until: float, key: str, shown: Sequence[Event] = ()
+) -> Notification:
     agents = ", ".join(change.agents) or change.agent
     said = f" {change.agent}'s run said: {change.reason}" if change.reason else ""
     return compose(
@@ -153,6 +163,9 @@ def quota(change: QuotaChanged, until: float, key: str) -> Notification:
         at=change.at,
         kind=WARNING,
         agent=change.agent or None,
+        conversation=change.conversation,
+        event_ids=change.event_ids,
+        events=objects(shown),
         hint="See docs/agents.md, Quota windows.",
     )
 
