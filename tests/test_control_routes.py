@@ -8,6 +8,7 @@ with hmac.compare_digest, and what counts as the server's own origin."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import json
 import re
@@ -344,10 +345,18 @@ def test_http_auth_all_guards_the_reads_but_never_healthz(setup: Setup) -> None:
             assert call(f"{base}{path}", method="GET", headers=bearer("x" * 20))[0] == 403
             assert call(f"{base}{path}", method="GET", headers=bearer())[0] == 200, path
         assert call(f"{base}/healthz", method="GET")[:2] == (200, {"status": "healthy"})
-        # The page is a static file that carries no data; it asks for the token.
-        status, page, _ = call(f"{base}/", method="GET")
+        # The page is a read too: a browser is asked for the token as Basic's password
+        status, _, headers = call(f"{base}/", method="GET")
+        assert (status, headers.get("WWW-Authenticate")) == (401, 'Basic realm="ghit-work"')
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"me:guess").decode()}
+        assert call(f"{base}/", method="GET", headers=wrong)[0] == 403
+        basic = {"Authorization": "Basic " + base64.b64encode(f"me:{TOKEN}".encode()).decode()}
+        for path in ("/", "/api/v1/state", "/metrics"):
+            assert call(f"{base}{path}", method="GET", headers=basic)[0] == 200, path
+        status, page, _ = call(f"{base}/", method="GET", headers=bearer())
         assert status == 200 and isinstance(page, str) and 'id="token"' in page
-        assert "a" not in re.findall(r'data-agent="(\w+)"', page)
+        # never a control route: a browser sends cached Basic credentials by itself
+        assert call(f"{base}/api/v1/agents/a/pause", headers=basic)[0] == 401
         text = daemon.wait_for("http: read of /api/v1/state from 127.0.0.1 refused (401)")
         assert "read of /api/v1/state from 127.0.0.1 refused (403): wrong bearer token" in text
         daemon.signal(signal.SIGTERM)

@@ -149,6 +149,48 @@ def test_the_status_page_shows_a_state_change_without_a_reload(setup: Setup) -> 
         assert daemon.wait() == 0
 
 
+BASIC_TOKEN = "page-0c41d9e27f6b"
+
+
+async def watch_with_basic(debug_port: int, url: str, setup: Setup) -> None:
+    """`http_auth = "all"`: the page asks the browser for the token (HTTP Basic); given it
+    (here in the URL, as a user would type it at the prompt), the page and its reads work."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{debug_port}/json/list") as answer:
+            targets = await answer.json()
+        target = next(t for t in targets if t["type"] == "page")
+        async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            page = Page(ws)
+            await page.call("Page.enable")
+            await page.call(
+                "Page.navigate", url=url.replace("http://", f"http://me:{BASIC_TOKEN}@")
+            )
+            state = "document.querySelector('tr[data-agent=\"a\"] .state')?.textContent ?? null"
+            await page.wait_for(state, "idle")
+            write_events(setup.events, [event(1)])
+            await page.wait_for(
+                "document.querySelector('tr[data-agent=\"a\"] .last-run')?.textContent"
+                "?.startsWith('ok [1]') ?? false",
+                True,
+            )
+
+
+def test_with_http_auth_all_the_page_asks_the_browser_for_the_token(setup: Setup) -> None:
+    (setup.path / "control.token").write_text(BASIC_TOKEN + "\n")
+    setup.write_config(
+        {"a": {}},
+        tail=["--follow"],
+        http="127.0.0.1:0",
+        http_token_file="control.token",
+        http_auth="all",
+    )
+    with Running(setup.path) as daemon:
+        in_chromium(daemon, watch_with_basic, setup)
+        assert "refused (403)" not in daemon.text
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+
+
 WAITING_AGENT = """\
 import os, sys, time
 sys.stdin.read()

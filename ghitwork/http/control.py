@@ -8,13 +8,15 @@
 They need `Authorization: Bearer TOKEN` (compared in constant time: 401 without it, 403
 wrong; 404 for an unknown agent), and a request whose Origin is another site's is refused
 (403): a page elsewhere can neither send the header without a preflight nobody answers, nor
-post from another origin. `http_auth = "all"` guards `/api/v1/state` and `/metrics` too
-(reads_guarded). Each control action is a status line (topic `control`) naming the action,
+post from another origin. `http_auth = "all"` guards the page, `/api/v1/state` and `/metrics`
+too (reads_guarded; a read also takes the token as HTTP Basic's password, so that a browser
+can open the page). Each control action is a status line (topic `control`) naming the action,
 the agent and the client.
 """
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import time
@@ -87,25 +89,42 @@ class Guard:
         self.token = token.encode()
         self.repeats = repeats
 
-    def refused(self, request: web.Request, what: str) -> web.Response | None:
+    def refused(
+        self, request: web.Request, what: str, basic: str | None = None
+    ) -> web.Response | None:
         """None when `request` carries the token; else the answer (401 without one, 403 for
-        a wrong one), reported."""
+        a wrong one), reported. `basic`: a read, which also takes the token as HTTP Basic's
+        password (any user name), so that a browser can open the page; its 401 asks for
+        Basic when `basic` is "ask" (the page itself), else for Bearer. Never a control
+        route: a browser sends cached Basic credentials by itself."""
         scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-        given = given.strip()
-        if scheme.lower() != "bearer" or not given:
-            return self._refuse(request, what, 401, "no bearer token (Authorization: Bearer TOKEN)")
+        given, scheme = given.strip(), scheme.lower()
+        if scheme == "basic" and basic is not None and given:
+            try:
+                pair = base64.b64decode(given, validate=True).decode("utf-8", "surrogateescape")
+            except ValueError:
+                pair = ""
+            given = pair.partition(":")[2]
+        elif scheme != "bearer":
+            given = ""
+        if not given:
+            challenge = 'Basic realm="ghit-work"' if basic == "ask" else 'Bearer realm="ghit-work"'
+            why = "no bearer token (Authorization: Bearer TOKEN)"
+            return self._refuse(request, what, 401, why, challenge)
         if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.token):
             return self._refuse(request, what, 403, "wrong bearer token")
         return None
 
-    def _refuse(self, request: web.Request, what: str, status: int, why: str) -> web.Response:
+    def _refuse(
+        self, request: web.Request, what: str, status: int, why: str, challenge: str = ""
+    ) -> web.Response:
         self.repeats(
             ("auth", status),
             Level.WARNING,
             "http",
             f"{what} from {client(request)} refused ({status}): {why}",
         )
-        headers = {"WWW-Authenticate": 'Bearer realm="ghit-work"'} if status == 401 else {}
+        headers = {"WWW-Authenticate": challenge} if challenge else {}
         return answer(status, {"error": why}, headers)
 
 
@@ -121,12 +140,14 @@ def answer(
 
 
 def reads_guarded(guard: Guard, paths: Collection[str]) -> Middleware:
-    """`http_auth = "all"`: the reads in `paths` need the token too."""
+    """`http_auth = "all"`: the reads in `paths` need the token too (as a Bearer token, or
+    as HTTP Basic's password: the page, `/`, asks a browser for it that way)."""
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in paths:
-            refused = guard.refused(request, f"read of {request.path}")
+            basic = "ask" if request.path == "/" else "take"
+            refused = guard.refused(request, f"read of {request.path}", basic)
             if refused is not None:
                 return refused
         return await handler(request)

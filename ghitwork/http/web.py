@@ -19,8 +19,8 @@ With `http_token_file` (SPEC §13), the control routes (control.py), each answer
 They need `Authorization: Bearer TOKEN` (compared in constant time: 401 without it, 403
 wrong; 404 for an unknown agent), and a request whose Origin is another site's is refused
 (403): a page elsewhere can neither send the header without a preflight nobody answers, nor
-post from another origin. `http_auth = "all"` guards `/api/v1/state` and `/metrics` too
-(`/healthz` never; the page's HTML carries no data, and asks for the token). Each control
+post from another origin. `http_auth = "all"` guards the page, `/api/v1/state` and `/metrics`
+too (`/healthz` never; the page asks a browser for the token as HTTP Basic's password). Each control
 action is a status line (topic `control`) naming the action, the agent and the client.
 
 Other paths are 404, other methods 405; malformed requests get aiohttp's 400, and an idle
@@ -157,7 +157,7 @@ def application(
     return app
 
 
-GUARDED_READS = ("/api/v1/state", "/metrics")  # with http_auth = "all"
+GUARDED_READS = ("/", "/api/v1/state", "/metrics")  # with http_auth = "all"
 
 
 async def start(
