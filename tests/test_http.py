@@ -143,7 +143,7 @@ def test_status_with_and_without_an_instance(setup: Setup) -> None:
     configure(setup)
     missing = ghit_work("status", cwd=setup.path)
     assert missing.returncode == 1
-    assert missing.stderr.startswith("ghit-work: no ghit-work is running on state_dir ")
+    assert missing.stderr.startswith("ghit-work: error: no ghit-work is running on state_dir ")
     with Running(setup.path) as daemon:
         base = address(daemon)
         write_events(setup.events, [event(1)])

@@ -189,7 +189,7 @@ def status(state_dir: Path, as_json: bool, out: TextIO, err: TextIO) -> int:
     while True:
         pid = running_pid(state_dir)
         if pid is None:
-            print(f"{PROG}: no ghit-work is running on state_dir {state_dir}", file=err)
+            print(f"{PROG}: error: no ghit-work is running on state_dir {state_dir}", file=err)
             return Exit.FAILURE
         current = snapshot.read(
             state_dir, report=lambda m: print(f"{PROG}: warning: {m}", file=err)
