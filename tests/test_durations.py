@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from ghitwork.model.durations import (
     Budget,
     DurationError,
+    clock_time,
     format_duration,
     parse_budget,
     parse_duration,
@@ -78,3 +81,11 @@ def test_a_cost_budget_and_its_spend_are_shown_as_set(
 ) -> None:
     parsed = parse_spend(budget, tokens=False)
     assert (str(parsed), parsed.shown(spent)) == said
+
+
+def test_a_moment_a_day_or_more_away_is_shown_with_its_date() -> None:
+    now = datetime(2026, 12, 4, 2, 0, tzinfo=UTC).timestamp()
+    assert clock_time(now + 2 * 3600, now) == "04:00:00Z"
+    assert clock_time(now + 19 * 3600 + 59 * 60, now) == "21:59:00Z"
+    assert clock_time(now + 20 * 3600, now) == "2026-12-04T22:00:00Z"
+    assert clock_time(now + 5 * 86400 + 19, now) == "2026-12-09T02:00:19Z"

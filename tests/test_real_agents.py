@@ -427,7 +427,8 @@ DAEMON_TZ = "Europe/Berlin"  # ghit-work's zone, and codex's (it prints no zone)
 CLAUDE_TZ = "America/New_York"  # claude's own: it prints its zone, so it may differ
 QUOTA_LINE = re.compile(
     r"account (?P<account>\S+): usage limit reached \((?P<agent>\w+): (?P<reason>.*)\); "
-    r"no run of (?P<agents>.*) until (?P<until>\d\d:\d\d:\d\dZ) \(in (?P<left>\S+)\)$",
+    r"no run of (?P<agents>.*) until (?P<until>(?:\d{4}-\d\d-\d\dT)?\d\d:\d\d:\d\dZ) "
+    r"\(in (?P<left>\S+)\)$",
     re.M,
 )
 

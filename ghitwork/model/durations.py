@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -40,9 +41,16 @@ def parse_duration(value: object) -> float:
     return total
 
 
-def clock_time(moment: float) -> str:
-    """A moment as status lines show a time of day: `12:00:30Z` (UTC)."""
-    return datetime.fromtimestamp(moment, UTC).strftime("%H:%M:%SZ")
+DATED = 20 * 3600.0  # seconds from now past which a moment is shown with its date
+
+
+def clock_time(moment: float, now: float | None = None) -> str:
+    """A moment as status lines show a time of day: `12:00:30Z` (UTC); with its date,
+    `2026-12-09T12:00:30Z`, when it lies DATED or more from `now` (a quota window of days,
+    a long pause), where a time of day alone would not say which day."""
+    now = time.time() if now is None else now
+    shape = "%Y-%m-%dT%H:%M:%SZ" if abs(moment - now) >= DATED else "%H:%M:%SZ"
+    return datetime.fromtimestamp(moment, UTC).strftime(shape)
 
 
 def format_duration(seconds: float) -> str:
