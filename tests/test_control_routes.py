@@ -203,6 +203,14 @@ def test_pause_holds_runs_resume_delivers_kill_stops_redeliver_hands_back(
         text = daemon.wait_for("agent a: pause over HTTP from 127.0.0.1: paused until ")
         assert re.search(r"paused until \d\d:\d\d:\d\dZ \(for 2h\): deploying", text)
         assert "agent a: paused until" in text and "by http 127.0.0.1: deploying" in text
+        # the same fields in the query string, or as a form (curl -X POST '…/pause?for=1h')
+        status, body, _ = call(f"{base}/api/v1/agents/b/pause?for=1h&reason=q", headers=bearer())
+        assert status == 200 and isinstance(body, dict) and body["reason"] == "q", body
+        assert body["until"] is not None
+        form = {**bearer(), "Content-Type": "application/x-www-form-urlencoded"}
+        status, body, _ = call(f"{base}/api/v1/agents/b/pause", headers=form, body=b"reason=f")
+        assert status == 200 and isinstance(body, dict) and body["reason"] == "f", body
+        assert call(f"{base}/api/v1/agents/b/resume", headers=bearer())[0] == 200
         write_events(setup.events, [event(1, title="quick")])
         daemon.wait_for("agent a: idle -> paused")
 
@@ -258,7 +266,7 @@ def test_pause_holds_runs_resume_delivers_kill_stops_redeliver_hands_back(
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
     lines = [line for line in daemon.text.splitlines() if "over HTTP from" in line]
-    assert len(lines) == 7, lines  # one status line per action, each naming agent and client
+    assert len(lines) == 10, lines  # one status line per action, each naming agent and client
 
 
 ASKING = """\
@@ -461,3 +469,13 @@ def test_the_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch)
 def test_what_counts_as_the_servers_own_origin(headers: dict[str, str], same: bool) -> None:
     request = make_mocked_request("POST", "/", headers={"Host": "127.0.0.1:9090", **headers})
     assert control.same_origin(request) is same
+
+
+def test_a_control_requests_fields_come_from_its_body_form_or_query() -> None:
+    assert control.request_fields("pause", b"", {"for": "2h"}) == {"for": "2h"}
+    both = control.request_fields("pause", b'{"for": "1h"}', {"for": "2h", "reason": "q"})
+    assert both == {"for": "1h", "reason": "q"}, "the body wins"
+    form = control.request_fields("pause", b"reason=a+b&for=5m", {}, form=True)
+    assert form == {"reason": "a b", "for": "5m"}
+    with pytest.raises(control.BadRequest, match="not 'until'"):
+        control.request_fields("pause", b"", {"until": "2h"})

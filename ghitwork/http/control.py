@@ -22,7 +22,7 @@ import json
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -164,16 +164,25 @@ class BadRequest(ValueError):
     """A control request's body that cannot be done: its message says why (400)."""
 
 
-def request_fields(action: str, body: bytes) -> dict[str, Any]:
-    """A control request's JSON body (empty: none), checked for `action`."""
-    if not body.strip():
-        return {}
-    try:
-        fields = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body is not JSON (send a JSON object, or nothing)") from None
-    if not isinstance(fields, dict):
-        raise BadRequest("the body is not a JSON object")
+def request_fields(
+    action: str, body: bytes, query: Mapping[str, str] | None = None, form: bool = False
+) -> dict[str, Any]:
+    """A control request's fields, checked for `action`: a JSON object in the body (empty:
+    none), or an HTML form's (`form`: sent as application/x-www-form-urlencoded, and not
+    JSON: `curl -d '{...}'` says form too), and the query string's (`?for=2h&reason=...`);
+    the body's win over the query's."""
+    fields: dict[str, Any] = dict(query or {})
+    text = body.strip()
+    if form and text and text[:1] not in (b"{", b"["):
+        fields.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    elif text:
+        try:
+            sent = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("the body is not JSON (send a JSON object, or nothing)") from None
+        if not isinstance(sent, dict):
+            raise BadRequest("the body is not a JSON object")
+        fields.update(sent)
     allowed = FIELDS[action]
     unknown = sorted(set(fields) - set(allowed))
     if unknown:
@@ -227,7 +236,8 @@ def control_handler(
         if name not in known():
             return answer(404, {"error": f"no agent {name!r}"})
         try:
-            fields = request_fields(action, await request.read())
+            form = request.content_type == "application/x-www-form-urlencoded"
+            fields = request_fields(action, await request.read(), request.query, form)
             reply = act(controls, action, name, f"http {who}", fields, clock())
         except BadRequest as error:
             return answer(400, {"error": str(error)})
