@@ -49,22 +49,23 @@ def test_the_retry_window_runs_out_with_exit_3(setup: Setup) -> None:
     assert 1.5 < elapsed < 15, "it gives up about when the window ends"
 
 
-def test_a_tail_command_that_does_not_exist_is_said_plainly_not_retried(setup: Setup) -> None:
-    """Issue 26: not a transient failure retried for the whole window (exit 3), but one
-    ERROR line naming ghit-work.tail_cmd and exit 2 at once."""
-    setup.write_config({"a": {}}, retry="1m")
+def test_a_tail_command_that_does_not_exist_is_said_plainly_then_retried(setup: Setup) -> None:
+    """Issue 26: said plainly at once, naming ghit-work.tail_cmd; SPEC §4: then retried
+    like any tail-events that cannot start, and exit 3 once the window is used up."""
+    setup.write_config({"a": {}}, retry="1s")
     config = setup.config.read_text().replace(
         json.dumps(str(Path(sys.executable).parent / "ghit-work-replay")),
         json.dumps("/nonexistent/ghit-cli"),
     )
     setup.config.write_text(config)
     result = ghit_work(cwd=setup.path, timeout=20)
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 3, result.stderr
+    first = result.stderr.splitlines()[0]
     assert (
-        "ERROR   tail-events: cannot start: ghit-work.toml: ghit-work.tail_cmd: "
-        "/nonexistent/ghit-cli: no such file" in result.stderr
-    )
-    assert "retry in" not in result.stderr
+        "WARNING tail-events: ghit-work.toml: ghit-work.tail_cmd: /nonexistent/ghit-cli: "
+        "no such file" in first
+    ), first
+    assert "retry in" in result.stderr and "gave up" in result.stderr
 
 
 def test_sighup_adds_an_agent_without_interrupting_a_running_one(setup: Setup) -> None:
