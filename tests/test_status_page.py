@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -14,7 +15,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,19 @@ class Page:
         raise AssertionError(f"{expression} is {value!r}, not {expected!r}")
 
 
+@contextlib.asynccontextmanager
+async def opened(debug_port: int) -> AsyncIterator[Page]:
+    """The browser's page, over its DevTools websocket, with its page events on."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{debug_port}/json/list") as answer:
+            targets = await answer.json()
+        target = next(t for t in targets if t["type"] == "page")
+        async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            page = Page(ws)
+            await page.call("Page.enable")
+            yield page
+
+
 def start_chromium(profile: Path) -> tuple[subprocess.Popen[bytes], int]:
     assert CHROMIUM is not None
     process = subprocess.Popen(
@@ -88,36 +102,28 @@ def start_chromium(profile: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 async def watch_page(debug_port: int, url: str, setup: Setup) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{debug_port}/json/list") as answer:
-            targets = await answer.json()
-        target = next(t for t in targets if t["type"] == "page")
-        async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            page = Page(ws)
-            await page.call("Page.enable")
-            await page.call("Page.navigate", url=url)
-            state = "document.querySelector('tr[data-agent=\"a\"] .state')?.textContent ?? null"
-            await page.wait_for(state, "idle")
-            await page.evaluate("window.loadedOnce = 'yes'")  # gone if the page reloads
-            assert await page.evaluate("document.getElementById('health').textContent") == (
-                "healthy"
-            )
-            write_events(setup.events, [event(1)])
-            await page.wait_for(state, "working")
-            await page.wait_for(
-                "document.querySelector('tr[data-agent=\"a\"] .batch').textContent", "1"
-            )
-            await page.wait_for(state, "idle")
-            await page.wait_for(
-                "document.querySelector('tr[data-agent=\"a\"] .last-run').textContent"
-                ".startsWith('ok [1]')",
-                True,
-            )
-            assert await page.evaluate("window.loadedOnce") == "yes", "it never reloaded"
-            events = await page.evaluate("document.getElementById('events').textContent")
-            assert "1 reply-created by alice -> a" in events
-            html = await page.evaluate("document.documentElement.outerHTML")
-            assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    async with opened(debug_port) as page:
+        await page.call("Page.navigate", url=url)
+        state = "document.querySelector('tr[data-agent=\"a\"] .state')?.textContent ?? null"
+        await page.wait_for(state, "idle")
+        await page.evaluate("window.loadedOnce = 'yes'")  # gone if the page reloads
+        assert await page.evaluate("document.getElementById('health').textContent") == ("healthy")
+        write_events(setup.events, [event(1)])
+        await page.wait_for(state, "working")
+        await page.wait_for(
+            "document.querySelector('tr[data-agent=\"a\"] .batch').textContent", "1"
+        )
+        await page.wait_for(state, "idle")
+        await page.wait_for(
+            "document.querySelector('tr[data-agent=\"a\"] .last-run').textContent"
+            ".startsWith('ok [1]')",
+            True,
+        )
+        assert await page.evaluate("window.loadedOnce") == "yes", "it never reloaded"
+        events = await page.evaluate("document.getElementById('events').textContent")
+        assert "1 reply-created by alice -> a" in events
+        html = await page.evaluate("document.documentElement.outerHTML")
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
 
 
 def in_chromium(
@@ -155,24 +161,16 @@ BASIC_TOKEN = "page-0c41d9e27f6b"
 async def watch_with_basic(debug_port: int, url: str, setup: Setup) -> None:
     """`http_auth = "all"`: the page asks the browser for the token (HTTP Basic); given it
     (here in the URL, as a user would type it at the prompt), the page and its reads work."""
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{debug_port}/json/list") as answer:
-            targets = await answer.json()
-        target = next(t for t in targets if t["type"] == "page")
-        async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            page = Page(ws)
-            await page.call("Page.enable")
-            await page.call(
-                "Page.navigate", url=url.replace("http://", f"http://me:{BASIC_TOKEN}@")
-            )
-            state = "document.querySelector('tr[data-agent=\"a\"] .state')?.textContent ?? null"
-            await page.wait_for(state, "idle")
-            write_events(setup.events, [event(1)])
-            await page.wait_for(
-                "document.querySelector('tr[data-agent=\"a\"] .last-run')?.textContent"
-                "?.startsWith('ok [1]') ?? false",
-                True,
-            )
+    async with opened(debug_port) as page:
+        await page.call("Page.navigate", url=url.replace("http://", f"http://me:{BASIC_TOKEN}@"))
+        state = "document.querySelector('tr[data-agent=\"a\"] .state')?.textContent ?? null"
+        await page.wait_for(state, "idle")
+        write_events(setup.events, [event(1)])
+        await page.wait_for(
+            "document.querySelector('tr[data-agent=\"a\"] .last-run')?.textContent"
+            "?.startsWith('ok [1]') ?? false",
+            True,
+        )
 
 
 def test_with_http_auth_all_the_page_asks_the_browser_for_the_token(setup: Setup) -> None:
@@ -201,24 +199,18 @@ KEY = "sk-page-3c9e1f77"
 
 
 async def watch_queue(debug_port: int, url: str, setup: Setup) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{debug_port}/json/list") as answer:
-            targets = await answer.json()
-        target = next(t for t in targets if t["type"] == "page")
-        async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            page = Page(ws)
-            await page.call("Page.enable")
-            await page.call("Page.navigate", url=url)
-            row = "document.querySelector('tr[data-agent=\"a\"] {}')?.textContent ?? null"
-            write_events(setup.events, [event(1)])
-            await page.wait_for(row.format(".batch"), "1")
-            write_events(setup.events, [event(2), event(3)])
-            await page.wait_for(row.format(".queue"), "2")
-            assert await page.evaluate(row.format(".state")) == "working"
-            attention = await page.evaluate("document.getElementById('attention').textContent")
-            assert "/***/agent" in attention and KEY not in attention
-            html = await page.evaluate("document.documentElement.outerHTML")
-            assert KEY not in html
+    async with opened(debug_port) as page:
+        await page.call("Page.navigate", url=url)
+        row = "document.querySelector('tr[data-agent=\"a\"] {}')?.textContent ?? null"
+        write_events(setup.events, [event(1)])
+        await page.wait_for(row.format(".batch"), "1")
+        write_events(setup.events, [event(2), event(3)])
+        await page.wait_for(row.format(".queue"), "2")
+        assert await page.evaluate(row.format(".state")) == "working"
+        attention = await page.evaluate("document.getElementById('attention').textContent")
+        assert "/***/agent" in attention and KEY not in attention
+        html = await page.evaluate("document.documentElement.outerHTML")
+        assert KEY not in html
 
 
 def test_the_status_page_shows_the_queue_the_moment_events_wait_and_no_secret(
@@ -277,125 +269,113 @@ def spent_before(state_dir: Path, costs: dict[str, list[float]]) -> None:
 
 
 async def watch_charts(debug_port: int, url: str, setup: Setup) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{debug_port}/json/list") as answer:
-            targets = await answer.json()
-        target = next(t for t in targets if t["type"] == "page")
-        async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            page = Page(ws)
-            await page.call("Page.enable")
-            await page.call(
-                "Emulation.setDeviceMetricsOverride",
-                width=1280,
-                height=900,
-                deviceScaleFactor=1,
-                mobile=False,
-            )
-            await page.call("Page.navigate", url=url)
-            state = "document.querySelector('tr[data-agent=\"{}\"] .state')?.textContent ?? null"
-            await page.wait_for(state.format("claude"), "working")  # the slow run, on its way
-            await page.wait_for(state.format("gemini"), "needs-input")
-            bars = "document.getElementById('{}').querySelectorAll('rect.bar{}').length"
-            await page.wait_for(f"{bars.format('timeline', '')} >= 6", True)
-            hour = await page.evaluate(
-                "[...document.querySelectorAll('#timeline .axis text')].map((t) => t.textContent)"
-            )
-            assert len(hour) == 7 and hour[-1] == "now", hour  # a line every 10 minutes
-            for outcome in ("ok", "failed", "working"):
-                count = await page.evaluate(bars.format("timeline", f".outcome-{outcome}"))
-                assert count >= 1, outcome
-            # 13 days before today for two agents, today for three (gemini: only today)
-            await page.wait_for(bars.format("costs", ""), 2 * 13 + 3)
-            assert await page.evaluate(
-                "document.querySelector('#costs text.total:last-of-type')?.textContent"
-            )
-            assert await page.evaluate("document.getElementById('timeline').dataset.bars") == (
-                str(await page.evaluate(bars.format("timeline", "")))
-            )
+    async with opened(debug_port) as page:
+        await page.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=1280,
+            height=900,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        await page.call("Page.navigate", url=url)
+        state = "document.querySelector('tr[data-agent=\"{}\"] .state')?.textContent ?? null"
+        await page.wait_for(state.format("claude"), "working")  # the slow run, on its way
+        await page.wait_for(state.format("gemini"), "needs-input")
+        bars = "document.getElementById('{}').querySelectorAll('rect.bar{}').length"
+        await page.wait_for(f"{bars.format('timeline', '')} >= 6", True)
+        hour = await page.evaluate(
+            "[...document.querySelectorAll('#timeline .axis text')].map((t) => t.textContent)"
+        )
+        assert len(hour) == 7 and hour[-1] == "now", hour  # a line every 10 minutes
+        for outcome in ("ok", "failed", "working"):
+            count = await page.evaluate(bars.format("timeline", f".outcome-{outcome}"))
+            assert count >= 1, outcome
+        # 13 days before today for two agents, today for three (gemini: only today)
+        await page.wait_for(bars.format("costs", ""), 2 * 13 + 3)
+        assert await page.evaluate(
+            "document.querySelector('#costs text.total:last-of-type')?.textContent"
+        )
+        assert await page.evaluate("document.getElementById('timeline').dataset.bars") == (
+            str(await page.evaluate(bars.format("timeline", "")))
+        )
 
-            # Hovering a run: its batch, tokens and cost.
-            failed = "document.querySelector('#timeline rect.outcome-failed')"
-            await page.evaluate(f"{failed}.scrollIntoView({{block: 'center'}})")
-            box = await page.evaluate(
-                f"(() => {{ const r = {failed}.getBoundingClientRect();"
-                " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
-            )
-            await page.call("Input.dispatchMouseEvent", type="mouseMoved", x=box[0], y=box[1])
-            await page.wait_for("getComputedStyle(document.getElementById('tip')).display", "block")
-            tip = await page.evaluate("document.getElementById('tip').textContent")
-            assert "codex: failed (exit 1)" in tip and "batch [4]" in tip, tip
-            assert "tokens: 1200 in, 80 out; cost: $0.42" in tip, tip
-            await page.call("Input.dispatchMouseEvent", type="mouseMoved", x=5, y=5)
-            await page.evaluate("window.scrollTo(0, 0)")
+        # Hovering a run: its batch, tokens and cost.
+        failed = "document.querySelector('#timeline rect.outcome-failed')"
+        await page.evaluate(f"{failed}.scrollIntoView({{block: 'center'}})")
+        box = await page.evaluate(
+            f"(() => {{ const r = {failed}.getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
+        await page.call("Input.dispatchMouseEvent", type="mouseMoved", x=box[0], y=box[1])
+        await page.wait_for("getComputedStyle(document.getElementById('tip')).display", "block")
+        tip = await page.evaluate("document.getElementById('tip').textContent")
+        assert "codex: failed (exit 1)" in tip and "batch [4]" in tip, tip
+        assert "tokens: 1200 in, 80 out; cost: $0.42" in tip, tip
+        await page.call("Input.dispatchMouseEvent", type="mouseMoved", x=5, y=5)
+        await page.evaluate("window.scrollTo(0, 0)")
 
-            # No control before the token: the buttons are there, hidden.
-            visible = (
-                "[...document.querySelectorAll('button[data-action]')]"
-                ".filter((b) => b.offsetParent !== null).length"
-            )
-            assert await page.evaluate(visible) == 0
-            waiting = "document.getElementById('waiting').textContent"
-            assert "which branch should I push to?" in await page.evaluate(waiting)
-            await page.evaluate(
-                f"document.getElementById('token').value = '{CONTROL_TOKEN}';"
-                "document.getElementById('use-token').click()"
-            )
-            assert await page.evaluate("sessionStorage.getItem('ghit-work.token')") == (
-                CONTROL_TOKEN
-            )
-            assert CONTROL_TOKEN not in await page.evaluate("location.href")
-            assert await page.evaluate("document.getElementById('token').value") == ""
-            await page.wait_for(f"{visible} >= 4", True)  # pause x3, gemini's "answered"
-            await page.evaluate(
-                "document.getElementById('pause-reason').value = 'deploying the new model';"
-                "document.querySelector('tr[data-agent=\"codex\"] button[data-action=pause]')"
-                ".click()"
-            )
-            await page.wait_for(state.format("codex"), "paused")
-            await page.wait_for(
-                f"{waiting}.includes('codex is paused (paused by http 127.0.0.1: deploying "
-                "the new model)')",
-                True,
-            )
-            # what was seen, for a person to look at
-            height = await page.evaluate("document.documentElement.scrollHeight")
-            await page.call(
-                "Emulation.setDeviceMetricsOverride",
-                width=1280,
-                height=int(height),
-                deviceScaleFactor=1,
-                mobile=False,
-            )
-            await asyncio.sleep(0.3)
-            shot = await page.call("Page.captureScreenshot", format="png")
-            (setup.path / "status-page.png").write_bytes(base64.b64decode(shot["data"]))
-            await page.evaluate(
-                "const w = document.getElementById('window'); w.value = '5';"
-                "w.dispatchEvent(new Event('change'))"
-            )
-            ticks = (
-                "[...document.querySelectorAll('#timeline .axis text')].map((t) => t.textContent)"
-            )
-            await page.wait_for(f"{ticks}.length", 6)  # a line a minute, then "now"
-            assert (await page.evaluate(ticks))[-1] == "now"
-            await asyncio.sleep(2)  # the working run grows
-            shot = await page.call("Page.captureScreenshot", format="png")
-            (setup.path / "status-page-5m.png").write_bytes(base64.b64decode(shot["data"]))
+        # No control before the token: the buttons are there, hidden.
+        visible = (
+            "[...document.querySelectorAll('button[data-action]')]"
+            ".filter((b) => b.offsetParent !== null).length"
+        )
+        assert await page.evaluate(visible) == 0
+        waiting = "document.getElementById('waiting').textContent"
+        assert "which branch should I push to?" in await page.evaluate(waiting)
+        await page.evaluate(
+            f"document.getElementById('token').value = '{CONTROL_TOKEN}';"
+            "document.getElementById('use-token').click()"
+        )
+        assert await page.evaluate("sessionStorage.getItem('ghit-work.token')") == (CONTROL_TOKEN)
+        assert CONTROL_TOKEN not in await page.evaluate("location.href")
+        assert await page.evaluate("document.getElementById('token').value") == ""
+        await page.wait_for(f"{visible} >= 4", True)  # pause x3, gemini's "answered"
+        await page.evaluate(
+            "document.getElementById('pause-reason').value = 'deploying the new model';"
+            "document.querySelector('tr[data-agent=\"codex\"] button[data-action=pause]')"
+            ".click()"
+        )
+        await page.wait_for(state.format("codex"), "paused")
+        await page.wait_for(
+            f"{waiting}.includes('codex is paused (paused by http 127.0.0.1: deploying "
+            "the new model)')",
+            True,
+        )
+        # what was seen, for a person to look at
+        height = await page.evaluate("document.documentElement.scrollHeight")
+        await page.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=1280,
+            height=int(height),
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        await asyncio.sleep(0.3)
+        shot = await page.call("Page.captureScreenshot", format="png")
+        (setup.path / "status-page.png").write_bytes(base64.b64decode(shot["data"]))
+        await page.evaluate(
+            "const w = document.getElementById('window'); w.value = '5';"
+            "w.dispatchEvent(new Event('change'))"
+        )
+        ticks = "[...document.querySelectorAll('#timeline .axis text')].map((t) => t.textContent)"
+        await page.wait_for(f"{ticks}.length", 6)  # a line a minute, then "now"
+        assert (await page.evaluate(ticks))[-1] == "now"
+        await asyncio.sleep(2)  # the working run grows
+        shot = await page.call("Page.captureScreenshot", format="png")
+        (setup.path / "status-page-5m.png").write_bytes(base64.b64decode(shot["data"]))
 
-            # The buttons: gemini answered by hand, codex resumed.
-            await page.evaluate(
-                "document.querySelector('#waiting li.needs-input button[data-action=resume]')"
-                ".click()"
-            )
-            await page.wait_for(state.format("gemini"), "idle")
-            await page.evaluate(
-                "document.querySelector('tr[data-agent=\"codex\"] button[data-action=resume]')"
-                ".click()"
-            )
-            await page.wait_for(state.format("codex"), "idle")
-            html = await page.evaluate("document.documentElement.outerHTML")
-            assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
-            assert CONTROL_TOKEN not in html
+        # The buttons: gemini answered by hand, codex resumed.
+        await page.evaluate(
+            "document.querySelector('#waiting li.needs-input button[data-action=resume]').click()"
+        )
+        await page.wait_for(state.format("gemini"), "idle")
+        await page.evaluate(
+            "document.querySelector('tr[data-agent=\"codex\"] button[data-action=resume]').click()"
+        )
+        await page.wait_for(state.format("codex"), "idle")
+        html = await page.evaluate("document.documentElement.outerHTML")
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+        assert CONTROL_TOKEN not in html
 
 
 def test_the_page_draws_the_runs_and_the_cost_per_day_and_controls_with_the_token(
