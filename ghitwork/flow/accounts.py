@@ -21,6 +21,8 @@ from ghitwork.bus.changes import Change, QuotaChanged
 JITTER = (1.0, 3.0)
 
 Schedule = Callable[[float, Callable[[], None]], Callable[[], None]]
+Run = tuple[str, tuple[int, ...]]  # the run that hit the limit: its conversation and batch
+NO_RUN: Run = ("", ())
 
 
 class Accounts:
@@ -48,22 +50,16 @@ class Accounts:
         return until if until is not None and until > self.clock() else None
 
     def close(
-        self,
-        account: str,
-        reset: float,
-        agent: str = "",
-        reason: str = "",
-        conversation: str = "",
-        event_ids: tuple[int, ...] = (),
+        self, account: str, reset: float, agent: str = "", reason: str = "", run: Run = NO_RUN
     ) -> float:
-        """`agent`'s run (of `conversation`, its batch `event_ids`) said `account`'s limit
-        resets at `reset`: closed until then (plus jitter); a later reset of an account closed
-        already moves it later, never sooner. Returns until when it is closed."""
+        """`agent`'s run (`run`: its conversation and batch) said `account`'s limit resets at
+        `reset`: closed until then (plus jitter); a later reset of an account closed already
+        moves it later, never sooner. Returns until when it is closed."""
         current = self.until(account)
         until = reset + self.jitter()
         if current is not None and current >= reset:
             return current
-        self._set(account, until, agent, reason, run=(conversation, event_ids))
+        self._set(account, until, agent, reason, run=run)
         return until
 
     def restore(self, account: str, until: float) -> None:
@@ -78,7 +74,7 @@ class Accounts:
         agent: str = "",
         reason: str = "",
         restored: bool = False,
-        run: tuple[str, tuple[int, ...]] = ("", ()),
+        run: Run = NO_RUN,
     ) -> None:
         self.closed[account] = until
         cancel = self._timers.pop(account, None)

@@ -285,7 +285,7 @@ class Agent:
             return reset
         reason = result.limit_line or result.last_stderr or result.describe()
         run = (result.conversation, result.event_ids)
-        return self.accounts.close(self.config.quota_account, reset, self.name, reason, *run)
+        return self.accounts.close(self.config.quota_account, reset, self.name, reason, run)
 
     # -- what conversations share: budgets
     def throttle(self) -> policy.Throttle | None:
