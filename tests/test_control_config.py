@@ -3,13 +3,14 @@ each mistake one line naming the file and the key."""
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import GHIT_WORK
 
 from ghitwork.app import checks
-from ghitwork.bus.changes import Level, Notice, StateBus
 from ghitwork.config.load import load_config
 from ghitwork.config.model import ConfigError, secret_values
 
@@ -92,37 +93,35 @@ def test_a_notify_mistake_names_its_table_and_key(
         ('http_token_file = "missing"', "ghit-work.http_token_file: "),
         ('http_token_file = "empty"', "ghit-work.http_token_file: "),
         ('http_token_file = "words"', "ghit-work.http_token_file: "),
+        ('http_token_file = "tiny"', "ghit-work.http_token_file: "),
     ],
 )
 def test_a_control_mistake_names_its_key(tmp_path: Path, top: str, expected: str) -> None:
     (tmp_path / "empty").write_text(" \n")
     (tmp_path / "words").write_text("two words\n")
+    (tmp_path / "tiny").write_text("abc\n")  # under the redactor's 4: it could not be hidden
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, f"[ghit-work]\n{top}\n" + AGENT)
     assert f"ghit-work.toml: {expected}" in str(caught.value)
 
 
 def test_a_short_token_is_taken_and_warned_of_without_showing_it(tmp_path: Path) -> None:
+    load(tmp_path, AGENT)
     (tmp_path / "short").write_text("s3cret\n")
-    config = load_config(_written(tmp_path, '[ghit-work]\nhttp_token_file = "short"\n' + AGENT))
-    assert config.http_token == "s3cret"
-    bus = StateBus()
-    said: list[object] = []
-    bus.changes.subscribe(said.append)
-    checks.warn_missing_commands(config, bus)
-    (warning,) = [n for n in said if isinstance(n, Notice) and "http_token_file" in n.message]
-    assert warning.level is Level.WARNING and "only 6 characters" in warning.message
-    assert "s3cret" not in warning.message
-    longer = replace(config, http_token="0123456789abcdef")
-    said.clear()
-    checks.warn_missing_commands(longer, bus)
-    assert not [n for n in said if isinstance(n, Notice) and "http_token_file" in n.message]
-
-
-def _written(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "ghit-work.toml"
-    path.write_text(text)
-    return path
+    path.write_text(
+        '[ghit-work]\nhttp_token_file = "short"\n' + AGENT.replace('"codex", "exec"', '"cat"')
+    )
+    config = load_config(path)
+    assert config.http_token == "s3cret"
+    warning = checks.weak_token(config)
+    assert warning is not None and "only 6 characters" in warning and "s3cret" not in warning
+    assert checks.weak_token(replace(config, http_token="0123456789abcdef")) is None
+    shown = subprocess.run(
+        [GHIT_WORK, "check", "-c", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert shown.returncode == 0, shown.stderr  # a warning (ghit-cli's too, if missing)
+    assert f"ghit-work: warning: {warning}" in shown.stderr.splitlines()
 
 
 def test_a_question_pattern_names_only_its_group(tmp_path: Path) -> None:

@@ -84,8 +84,7 @@ def notify_problems(config: Config, urls: bool = False) -> list[ConfigError]:
 
 def warn_missing_commands(config: Config, bus: StateBus) -> None:
     """At start and at each reload: an agent whose command cannot be found is a warning (it
-    may be installed later), not a refusal; so is `[[notify]]` without apprise, and a control
-    token short enough to guess."""
+    may be installed later), not a refusal; so is `[[notify]]` without apprise."""
     for problem in command_problems(config):
         bus.notice(
             Level.WARNING,
@@ -98,14 +97,19 @@ def warn_missing_commands(config: Config, bus: StateBus) -> None:
             "config",
             f"{problem}; notifications wait in the outbox until it is installed",
         )
-    if config.http_token and len(config.http_token) < STRONG_TOKEN:
-        bus.notice(
-            Level.WARNING,
-            "config",
-            f"{config.path}: ghit-work.http_token_file: the token is only "
-            f"{len(config.http_token)} characters, easy to guess; anyone who guesses it "
-            f"controls the agents (use at least {STRONG_TOKEN}: `openssl rand -hex 32 > FILE`)",
-        )
+
+
+def weak_token(config: Config) -> str | None:
+    """What `check` and a start say of a control token short enough to guess (it is read at
+    start only, so a reload says nothing of it); never the token itself."""
+    token = config.http_token
+    if not token or len(token) >= STRONG_TOKEN:
+        return None
+    return (
+        f"{config.path}: ghit-work.http_token_file: the token is only {len(token)} characters, "
+        f"easy to guess; anyone who guesses it controls the agents (use at least "
+        f"{STRONG_TOKEN}: `openssl rand -hex 32 > FILE`)"
+    )
 
 
 def kept_until_restart(old: Config, new: Config, bus: StateBus) -> Config:

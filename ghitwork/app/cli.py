@@ -17,8 +17,7 @@ from typing import NoReturn, TextIO
 
 from ghitwork import __version__
 from ghitwork.app import commands, control, runtime, signals
-from ghitwork.app.checks import check_problems as check_problems
-from ghitwork.app.checks import tail_cmd_problem, tail_warning
+from ghitwork.app.checks import check_problems, tail_cmd_problem, tail_warning, weak_token
 from ghitwork.app.commands import PRESETS, PROG, check, init, status
 from ghitwork.app.daemon import Daemon, Exit
 from ghitwork.app.reaper import become_init_if_pid1
@@ -284,6 +283,9 @@ def _command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         tail = tail_cmd_problem(config, os.environ)
         if tail is not None:
             print(f"{PROG}: warning: {tail_warning(tail, config)}", file=err)
+        weak = weak_token(config)
+        if weak is not None:
+            print(f"{PROG}: warning: {weak}", file=err)
         for problem in problems:  # every one, in one run
             print(f"{PROG}: error: {problem}", file=err)
         if problems:

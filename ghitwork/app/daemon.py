@@ -177,6 +177,9 @@ class Daemon:
             self.bus.notice(Level.WARNING, "tail-events", message)
         self.children.open()
         checks.warn_missing_commands(self.config, self.bus)
+        weak = checks.weak_token(self.config)
+        if weak is not None:
+            self.bus.notice(Level.WARNING, "config", weak)
         drained: asyncio.Future[None] = loop.create_future()
 
         def report_error(error: Exception) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from ghitwork.config.model import NOTIFY_CAUSES, Notify, close_match, kind_of
 from ghitwork.config.values import Values
 from ghitwork.model.conversations import AGENT, MODES, SLUG_PLACEHOLDER
+from ghitwork.model.redact import MIN_LENGTH
 
 NOTIFY_KEYS = {"url", "on", "agents"}
 
@@ -106,9 +107,11 @@ class Sections(Values):
             ) from None
         except UnicodeDecodeError:
             raise self.fail("ghit-work.http_token_file", f"{path}: not UTF-8 text") from None
-        if not token or any(c.isspace() for c in token):
+        if len(token) < MIN_LENGTH or any(c.isspace() for c in token):
             raise self.fail(
                 "ghit-work.http_token_file",
-                f"{path}: the token must be one word (e.g. `openssl rand -hex 32 > FILE`)",
+                f"{path}: the token must be one word of at least {MIN_LENGTH} characters (so "
+                "that every surface can redact it; `openssl rand -hex 32 > FILE` makes a "
+                "strong one)",
             )
         return {"http_token_file": path, "http_token": token, "http_auth": auth}
