@@ -357,10 +357,16 @@ def test_http_auth_all_guards_the_reads_but_never_healthz(setup: Setup) -> None:
         status, _, headers = call(f"{base}/", method="GET")
         assert (status, headers.get("WWW-Authenticate")) == (401, 'Basic realm="ghit-work"')
         wrong = {"Authorization": "Basic " + base64.b64encode(b"me:guess").decode()}
-        assert call(f"{base}/", method="GET", headers=wrong)[0] == 403
+        status, _, headers = call(f"{base}/", method="GET", headers=wrong)  # asked again
+        assert (status, headers.get("WWW-Authenticate")) == (401, 'Basic realm="ghit-work"')
         basic = {"Authorization": "Basic " + base64.b64encode(f"me:{TOKEN}".encode()).decode()}
         for path in ("/", "/api/v1/state", "/metrics"):
             assert call(f"{base}{path}", method="GET", headers=basic)[0] == 200, path
+        # what a browser remembered, sent by another site's page: refused
+        elsewhere = {**basic, "Sec-Fetch-Site": "cross-site", "Origin": "http://evil.example"}
+        assert call(f"{base}/api/v1/state", method="GET", headers=elsewhere)[0] == 403
+        typed = {**basic, "Sec-Fetch-Site": "none"}  # the address bar
+        assert call(f"{base}/", method="GET", headers=typed)[0] == 200
         status, page, _ = call(f"{base}/", method="GET", headers=bearer())
         assert status == 200 and isinstance(page, str) and 'id="token"' in page
         # never a control route: a browser sends cached Basic credentials by itself

@@ -99,16 +99,22 @@ class Guard:
         route: a browser sends cached Basic credentials by itself."""
         scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
         given, scheme = given.strip(), scheme.lower()
+        challenge = 'Basic realm="ghit-work"' if basic == "ask" else 'Bearer realm="ghit-work"'
         if scheme == "basic" and basic is not None and given:
+            # A browser sends what it remembered by itself, to any site's request: taken
+            # only from this server's own pages, or a page typed into the address bar.
+            if not same_origin(request):
+                return self._refuse(request, what, 403, "basic credentials from another site")
             try:
                 pair = base64.b64decode(given, validate=True).decode("utf-8", "surrogateescape")
             except ValueError:
                 pair = ""
-            given = pair.partition(":")[2]
-        elif scheme != "bearer":
-            given = ""
-        if not given:
-            challenge = 'Basic realm="ghit-work"' if basic == "ask" else 'Bearer realm="ghit-work"'
+            password = pair.partition(":")[2]
+            if not hmac.compare_digest(password.encode("utf-8", "surrogateescape"), self.token):
+                # 401 again, not 403: a browser then asks anew instead of resending a typo
+                return self._refuse(request, what, 401, "wrong token", challenge)
+            return None
+        if scheme != "bearer" or not given:
             why = "no bearer token (Authorization: Bearer TOKEN)"
             return self._refuse(request, what, 401, why, challenge)
         if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.token):
