@@ -84,8 +84,10 @@ def test_a_cost_budget_and_its_spend_are_shown_as_set(
 
 
 def test_a_moment_a_day_or_more_away_is_shown_with_its_date() -> None:
-    now = datetime(2026, 12, 4, 2, 0, tzinfo=UTC).timestamp()
-    assert clock_time(now + 2 * 3600, now) == "04:00:00Z"
-    assert clock_time(now + 19 * 3600 + 59 * 60, now) == "21:59:00Z"
-    assert clock_time(now + 20 * 3600, now) == "2026-12-04T22:00:00Z"
-    assert clock_time(now + 5 * 86400 + 19, now) == "2026-12-09T02:00:19Z"
+    now = datetime(2026, 12, 4, 10, 0, tzinfo=UTC).timestamp()
+    assert clock_time(now + 2 * 3600, now) == "12:00:00Z"
+    assert clock_time(now + 13 * 3600, now) == "23:00:00Z", "later the same day"
+    assert clock_time(now + 15 * 3600, now) == "2026-12-05T01:00:00Z", "tomorrow, 15h away"
+    assert clock_time(now + 5 * 86400 + 19, now) == "2026-12-09T10:00:19Z"
+    late = datetime(2026, 12, 4, 23, 0, tzinfo=UTC).timestamp()
+    assert clock_time(late + 2 * 3600, late) == "01:00:00Z", "2h away: its (in 2h) tells"

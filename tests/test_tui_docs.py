@@ -27,6 +27,7 @@ CAPTURE = re.compile(r"^<!-- tui-capture: (\d+)x(\d+)((?: \S+)*) -->\n```\n(.*?)
 MASKS = [
     (re.compile(r"/tmp/gw-\w{0,8}"), "/tmp/gw-XXXXXXXX"),  # also when cut by the edge
     (re.compile(r"\d{8}T\d{6}\.\d{6}Z"), "<stamp>"),
+    (re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"), "<time>"),  # a moment on another day
     (re.compile(r"\b\d\d:\d\d:\d\d\b"), "<time>"),
     # with the spaces before it: a right-aligned 0.4s and 0.41s start at different columns
     (re.compile(r" *\b\d+(\.\d+)?s\b"), " <n>s"),

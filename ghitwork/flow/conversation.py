@@ -164,7 +164,7 @@ class Conversation:
         if until is None or until <= self.agent.clock():
             return False
         self.due = until
-        self._set(AgentState.QUOTA, f"quota until {clock_time(until)}", was)
+        self._set(AgentState.QUOTA, f"quota until {clock_time(until, self.agent.clock())}", was)
         self._timer = self.agent.schedule(until - self.agent.clock(), self._release)
         return True
 
@@ -173,7 +173,7 @@ class Conversation:
         delay = max(0.0, held.until - now)
         hot = policy.hot_scope(self.config.budget, self.agent.run_scopes, self.pending, now)
         reason = (
-            f"{held.budget} used up, runs again at {clock_time(held.until)} "
+            f"{held.budget} used up, runs again at {clock_time(held.until, now)} "
             f"(in {format_duration(delay)}){hot}"
         )
         self.due = held.until

@@ -272,7 +272,7 @@ def act(
             return None
         lasting = ""
         if until is not None:
-            lasting = f" until {clock_time(until)} (for {format_duration(until - now)})"
+            lasting = f" until {clock_time(until, now)} (for {format_duration(until - now)})"
         said = f"paused{lasting}" + (f": {reason}" if reason else "")
         shown = {"paused": True, "reason": reason, "until": None if until is None else iso(until)}
         return 200, shown, said

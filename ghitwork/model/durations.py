@@ -41,15 +41,17 @@ def parse_duration(value: object) -> float:
     return total
 
 
-DATED = 20 * 3600.0  # seconds from now past which a moment is shown with its date
+DATED = 12 * 3600.0  # seconds from now past which a moment on another day shows its date
 
 
 def clock_time(moment: float, now: float | None = None) -> str:
     """A moment as status lines show a time of day: `12:00:30Z` (UTC); with its date,
-    `2026-12-09T12:00:30Z`, when it lies DATED or more from `now` (a quota window of days,
-    a long pause), where a time of day alone would not say which day."""
+    `2026-12-09T12:00:30Z`, when it falls on another UTC day than `now` and lies DATED or
+    more away (a quota window of days, a long pause), where a time of day alone would say
+    the wrong day. Nearer ones on another day are told apart by the `(in ...)` beside them."""
     now = time.time() if now is None else now
-    shape = "%Y-%m-%dT%H:%M:%SZ" if abs(moment - now) >= DATED else "%H:%M:%SZ"
+    day = datetime.fromtimestamp(moment, UTC).date() != datetime.fromtimestamp(now, UTC).date()
+    shape = "%Y-%m-%dT%H:%M:%SZ" if day and abs(moment - now) >= DATED else "%H:%M:%SZ"
     return datetime.fromtimestamp(moment, UTC).strftime(shape)
 
 

@@ -43,7 +43,9 @@ def _finished(change: RunFinished) -> Line:
             message += f"; stderr: {result.last_stderr}"
         if change.retry is not None and change.retry_at is not None:
             retry = change.retry
-            message += "; " + describe_retry(retry, change.attempts, clock_time(change.retry_at))
+            message += "; " + describe_retry(
+                retry, change.attempts, clock_time(change.retry_at, change.at)
+            )
             fields.update(
                 retry_attempt=retry.attempt,
                 retry_at=timestamp(change.retry_at),
@@ -196,10 +198,10 @@ def _quota_changed(change: QuotaChanged) -> Line | None:
     else:
         said = f" ({change.agent}: {change.reason})" if change.agent and change.reason else ""
         again = " (kept from before the restart)" if change.restored else ""
+        until, left = clock_time(change.until, change.at), max(0.0, change.until - change.at)
         message = (
             f"account {change.account}: usage limit reached{said}; no run of {agents} until "
-            f"{clock_time(change.until)} (in {format_duration(max(0.0, change.until - change.at))})"
-            f"{again}"
+            f"{until} (in {format_duration(left)}){again}"
         )
         level = Level.INFO if change.restored else Level.WARNING
     return Line(
