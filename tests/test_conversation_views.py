@@ -32,6 +32,7 @@ from test_ui_render import canvas, draw, model, text
 from ghitwork.app import commands
 from ghitwork.bus.changes import (
     AgentChanged,
+    AgentPaused,
     AgentState,
     Change,
     ConfigApplied,
@@ -335,6 +336,20 @@ def test_the_states_of_spec_13_rank_too() -> None:
     data = snapshot.build(m.view(), None, NOW)
     jsonschema.Draft202012Validator(SCHEMA).validate(data)
     assert 'state="paused"} 1.0' in "\n".join(metric_lines(m))
+
+
+def test_a_paused_agent_is_paused_at_once_with_its_finishing_batch_unless_disabled() -> None:
+    """SPEC §13: paused on every surface at once; its run finishing keeps its batch (and its
+    conversation says working); a disabled agent says working, then disabled, as before."""
+    m = fed(two_threads())  # a's thread 39 works on [1, 3]
+    m(AgentPaused(agent="a", paused=True, by="ghit-work pause", reason="deploying", at=NOW))
+    agent = m.view().agents[0]
+    assert (agent.state, agent.batch_ids, agent.working) == (AgentState.PAUSED, (1, 3), True)
+    assert "deploying" in agent.problem
+    assert {c.state for c in agent.conversations} >= {AgentState.WORKING}
+    assert "a paused (run finishing)" in text(draw(m, width=120, height=30))
+    m(ConfigApplied(config=config(threads("a", enabled=False), agent_config("b")), at=NOW))
+    assert m.view().agents[0].state is AgentState.WORKING, "disabled, its run finishing"
 
 
 def test_in_agent_mode_the_one_conversation_is_the_agent() -> None:

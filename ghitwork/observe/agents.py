@@ -199,20 +199,21 @@ class _Agent:
         unless a run still works); with one conversation, that one's, and since when."""
         conversations = self.conversations
         paused = self.paused
+        disabled = self.config is not None and not self.config.enabled
         if len(conversations) == 1:  # the agent's own, or one thread: the agent is it
             (one,) = conversations.values()
             self.state, self.since = one.state, one.since
         elif conversations:
             states = self.states
             state = min((s for s, n in states.items() if n), key=_rank, default=self.state)
-            disabled = self.config is not None and not self.config.enabled
             if disabled and state is not AgentState.WORKING:
                 state = AgentState.DISABLED
             if state is not self.state:
                 self.state, self.since = state, at
-        if paused is not None and self.state not in (AgentState.DISABLED, AgentState.PAUSED):
+        if paused is not None and not disabled and self.state is not AgentState.PAUSED:
             # paused on every surface at once (SPEC §13), since it was, also while a run of
-            # it finishes (its batch still shown)
+            # it finishes (its batch still shown); a disabled agent says disabled (or
+            # working, while its run finishes), as without a pause
             self.state, self.since = AgentState.PAUSED, paused.since or paused.at
         quota = self.quota
         quiet = (AgentState.WORKING, AgentState.DISABLED, AgentState.PAUSED, AgentState.QUOTA)

@@ -57,6 +57,8 @@ def _conversation_lines(
 def _agent_details(agent: AgentView, now: float) -> list[str]:
     config = agent.config
     state = agent.shown_state
+    if agent.state is AgentState.PAUSED and agent.working:
+        state += " (its run finishing)"
     if agent.state is AgentState.WORKING:
         state += f" for {format_duration(max(0.0, now - agent.since))}"
     elif agent.due is not None:

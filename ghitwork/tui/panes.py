@@ -164,6 +164,8 @@ def _header(paint: _Painter, view: View, now: float) -> None:
 
 def _cell(agent: AgentView, now: float) -> str:
     word = agent.shown_state
+    if agent.state is AgentState.PAUSED and agent.working:
+        word += " (run finishing)"
     if agent.state is AgentState.WORKING:
         word += f" {format_duration(max(0.0, now - agent.since))}"
         if agent.attempt > 1:
