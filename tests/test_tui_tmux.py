@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -284,3 +285,10 @@ def test_nothing_is_written_to_stderr_while_the_tui_owns_the_terminal(
     assert said[0] == "ghit-work: exit status 3; the last warnings and errors:", said
     assert "command not found: 'no-such-tail-events'" in said[1]
     assert "gave up" in said[-1] and all(line.startswith("  ") for line in said[1:])
+    tmux.type(f"{shlex.join([GHIT_WORK, '--tui', '--log-format', 'json'])} 2>{err}; echo JSON=$?")
+    tmux.keys("Enter")
+    tmux.wait_for("JSON=3")
+    (line,) = err.read_text().splitlines()  # SPEC §11: every line follows --log-format
+    found = json.loads(line)
+    assert found["level"] == "error" and "exit status 3" in found["message"]
+    assert "gave up" in found["message"]

@@ -351,9 +351,14 @@ def run(config: Config, args: argparse.Namespace, err: TextIO) -> int:
         return int(runtime.run(daemon.run(), bus.notice, debug))
     status = int(runtime.run(_with_dashboard(daemon, model), bus.notice, debug))
     if status != Exit.OK:  # the terminal is given back: say why, as nothing was said meanwhile
-        print(f"{PROG}: exit status {status}; the last warnings and errors:", file=err)
-        for line in list(model.attention)[-AFTER_TUI:]:
-            print(f"  {line}", file=err)
+        last = list(model.attention)[-AFTER_TUI:]
+        if args.log_format == "json":  # one line, a JSON object, like every line (SPEC §11)
+            said = "; ".join(last)
+            error_line(f"exit status {status}; the last warnings and errors: {said}", True, err)
+        else:
+            print(f"{PROG}: exit status {status}; the last warnings and errors:", file=err)
+            for line in last:
+                print(f"  {line}", file=err)
     return status
 
 
