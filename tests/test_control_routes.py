@@ -483,5 +483,8 @@ def test_a_control_requests_fields_come_from_its_body_form_or_query() -> None:
     assert both == {"for": "1h", "reason": "q"}, "the body wins"
     form = control.request_fields("pause", b"reason=a+b&for=5m", {}, form=True)
     assert form == {"reason": "a b", "for": "5m"}
+    blank = control.request_fields("resume", b"conversation=", {}, form=True)
+    assert blank == {}, "a field left empty is absent: not the agent's own conversation"
+    assert control.request_fields("pause", b"", {"for": "", "reason": "r"}) == {"reason": "r"}
     with pytest.raises(control.BadRequest, match="not 'until'"):
         control.request_fields("pause", b"", {"until": "2h"})

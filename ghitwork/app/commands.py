@@ -197,7 +197,7 @@ def status(state_dir: Path, as_json: bool, out: TextIO, err: TextIO) -> int:
         if current is not None and current.get("pid") in (pid, 1):
             break
         if time.monotonic() > deadline:  # just started: its first snapshot is not out yet
-            print(f"{PROG}: ghit-work (pid {pid}) has written no status yet", file=err)
+            print(f"{PROG}: error: ghit-work (pid {pid}) has written no status yet", file=err)
             return Exit.FAILURE
         time.sleep(0.05)
     if as_json:

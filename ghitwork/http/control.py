@@ -177,10 +177,11 @@ def request_fields(
     none), or an HTML form's (`form`: sent as application/x-www-form-urlencoded, and not
     JSON: `curl -d '{...}'` says form too), and the query string's (`?for=2h&reason=...`);
     the body's win over the query's."""
-    fields: dict[str, Any] = dict(query or {})
+    # a blank form or query field is one left empty: absent (an HTML form sends them all)
+    fields: dict[str, Any] = {key: value for key, value in (query or {}).items() if value}
     text = body.strip()
     if form and text and text[:1] not in (b"{", b"["):
-        fields.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        fields.update(parse_qsl(body.decode("utf-8", "replace")))
     elif text:
         try:
             sent = json.loads(body)
