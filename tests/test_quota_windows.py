@@ -7,10 +7,13 @@ import re
 import signal
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from conftest import Running, Setup, event, ghit_work, poll, write_events
+
+from ghitwork.flow.accounts import JITTER
 
 LIMITED = """\
 import json, os, sys, time
@@ -153,5 +156,44 @@ def test_the_account_window_is_a_metric(setup: Setup, tmp_path: Path) -> None:
 
         until = poll(closed, what="the window in /metrics")
         assert 3600 - 60 < until - time.time() < 3600 + 60
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+
+
+LATE = """\
+import sys, time
+sys.stdin.read()
+print("You've hit your usage limit. Try again in 4 seconds.", file=sys.stderr, flush=True)
+with open(sys.argv[1], "w") as f:
+    f.write(repr(time.time()))
+time.sleep(3)  # a wrapper that lingers after its CLI said so
+sys.exit(1)
+"""
+
+
+def test_a_reset_is_counted_from_when_it_was_printed_not_from_the_runs_end(
+    setup: Setup, tmp_path: Path
+) -> None:
+    agent, printed = tmp_path / "late.py", tmp_path / "printed"
+    agent.write_text(LATE)
+    setup.write_config(
+        {"a": {"cmd": ["python3", str(agent), str(printed)], "rate_limit_pattern": PATTERN}},
+        tail=["--follow"],
+    )
+    with Running(setup.path) as daemon:
+        write_events(setup.events, [event(1)])
+        daemon.wait_for("account a: usage limit reached", timeout=30)
+
+        def until() -> float | None:
+            status = json.loads(ghit_work("status", "--json", cwd=setup.path).stdout or "{}")
+            for found in status.get("agents", []):
+                if found["state"] == "quota" and found["retry_at"]:
+                    return datetime.fromisoformat(found["retry_at"]).timestamp()
+            return None
+
+        closed = poll(until, what="a in quota")
+        said = float(printed.read_text())
+        # "in 4 seconds" from the line (+ 1-3 s of jitter), not from the end 3 s later
+        assert said + 4 + JITTER[0] - 0.5 <= closed <= said + 4 + JITTER[1] + 0.5, closed - said
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0

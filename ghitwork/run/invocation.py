@@ -294,7 +294,9 @@ class Invocation:
         code = transport.get_returncode()
         why = self._why
         failed = not (code == 0 and why is None)
-        quota = reset_at(findings.reset, ended) if failed and findings.reset else None
+        quota = None
+        if failed and findings.reset:  # read against when it was printed, not the run's end
+            quota = reset_at(findings.reset, findings.reset_read or ended)
         result = RunResult(
             agent=self.agent,
             event_ids=self.event_ids,

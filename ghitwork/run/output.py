@@ -11,6 +11,7 @@ costs one copy, not a quadratic rebuild.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
@@ -44,6 +45,7 @@ class Findings:
     needs_input: bool = False
     question: str | None = None  # the last match's `question` group (redacted)
     reset: str | None = None  # the rate limit's `reset` group: when the usage limit resets
+    reset_read: float | None = None  # when that line was read: "in 2h", "3pm" count from it
     limit_line: str = ""  # the line the rate limit was read from (redacted)
 
 
@@ -105,6 +107,7 @@ class Stream:
                 reset = groups.get("reset")
                 if reset is not None and reset.strip():
                     findings.reset = reset.strip()[:200]
+                    findings.reset_read = time.time()
                     findings.limit_line = self.redactor.text(text.strip())[:300]
         if patterns.needs_input is not None:
             match = patterns.needs_input.search(text)
