@@ -159,6 +159,25 @@ def test_an_environment_the_os_refuses_is_an_error_not_a_command_that_cannot_sta
     assert not any(line.get("topic") == "fatal" for line in lines)
 
 
+def test_logs_that_cannot_be_written_fail_the_run_with_outcome_error(setup: Setup) -> None:
+    """SPEC §11: "an OSError writing its logs" is the run's `error`, as ghit-work's own fault,
+    not `failed` as an agent that could not start; retried, then dead-lettered."""
+    (setup.path / "afile").write_text("")
+    setup.write_config(
+        {"a": {"logdir": "afile/sub", "run_attempts": 2, "run_backoff": 0.1}, "b": {}}
+    )
+    write_events(setup.events, [event(1)])
+    with Running(setup.path, "--log-format", "json") as daemon:
+        poll(lambda: setup.delivered("b") == [1], what="b's event 1")
+        daemon.wait_for("dead letter 1 (1 event")
+        lines = [json.loads(line) for line in daemon.text.splitlines()]
+        ended = [line for line in lines if line.get("agent") == "a" and "outcome" in line]
+        assert [line["outcome"] for line in ended] == ["error", "error"], ended
+        assert all("cannot write logs in" in line["fault"] for line in ended), ended
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+
+
 # -- what cannot be contained: exit 4, 503 at once, nothing lost, through the real command
 
 ROUTING_FAULT = """\

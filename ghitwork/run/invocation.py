@@ -174,10 +174,9 @@ class Invocation:
             try:
                 logs = LogFiles.create(self.logdir, self.agent, started)
                 write_atomic(logs.path("prompt"), Redactor(self.secrets).text(self.prompt).encode())
-            except OSError as error:
-                return self._result(
-                    started, error=f"cannot write logs in {self.logdir}: {error.strerror or error}"
-                )
+            except OSError as error:  # SPEC §11: ghit-work's own fault, outcome error
+                why = f"cannot write logs in {self.logdir}: {error.strerror or error}"
+                return self._result(started, fault=why)
             except Exception as error:
                 return self._result(started, fault=f"writing its prompt: {fault_text(error)}")
         try:
