@@ -58,17 +58,13 @@ class Usage:
         )
 
     def since(self, before: Usage) -> Usage:
-        """The growth of a running total since `before`, group by group. A group that went
-        down was reset (a new count started): its growth is its whole value. Never negative."""
-
-        def grew(now: float, then: float) -> float:
-            return now - then if now >= then else now
-
+        """The growth of a running total since `before`, group by group: this total minus
+        the one last recorded, never negative (SPEC §9): a group that went down grew 0."""
         return Usage(
-            int(grew(self.input_tokens, before.input_tokens)),
-            int(grew(self.output_tokens, before.output_tokens)),
-            int(grew(self.cached_tokens, before.cached_tokens)),
-            max(0.0, grew(self.cost_usd, before.cost_usd)),
+            max(0, self.input_tokens - before.input_tokens),
+            max(0, self.output_tokens - before.output_tokens),
+            max(0, self.cached_tokens - before.cached_tokens),
+            max(0.0, self.cost_usd - before.cost_usd),
         )
 
     def to_json(self) -> dict[str, Any]:
