@@ -104,6 +104,14 @@ def _complete(answer: bytes) -> bool:
     return length is not None and len(body) >= int(length.group(1))
 
 
+def closed_unanswered(client: socket.socket) -> bool:
+    """The server closed it without a byte: end of file, or a reset."""
+    try:
+        return client.recv(200) == b""
+    except ConnectionResetError:
+        return True
+
+
 def status_of(answer: bytes) -> int:
     found = re.match(rb"HTTP/1\.[01] (\d{3}) ", answer)
     assert found, answer[:200]
@@ -170,17 +178,17 @@ def test_idle_clients_past_the_cap_starve_neither_runs_nor_healthz(setup: Setup)
             with descriptors:
                 clients += [socket.create_connection(address, timeout=10) for _ in range(300)]
 
-                # 250 past the cap are answered 503 and closed at once; 50 stay open, idle.
+                # 250 past the cap are closed at once, unanswered (SPEC §11); 50 stay open.
                 def answered() -> list[socket.socket]:
                     readable = select.select(clients, [], [], 0)[0]
                     return readable if len(readable) >= 250 else []
 
                 refused = poll(answered, what="250 connections refused")
                 assert len(refused) == 250
-                assert {status_of(client.recv(200)) for client in refused} == {503}
+                assert {closed_unanswered(client) for client in refused} == {True}
                 with socket.create_connection(address, timeout=10) as late:  # sends nothing
                     poll(lambda: select.select([late], [], [], 0)[0], what="the 51st closed")
-                    assert status_of(late.recv(200)) == 503, "the 50 idle ones hold every place"
+                    assert closed_unanswered(late), "the 50 idle ones hold every place"
                 held = descriptors.now()
             # The bound is hard, not a matter of timing: however fast the 300 came, the HTTP
             # side never held more than the 50 it serves and the one it was refusing (between
@@ -202,7 +210,7 @@ def test_idle_clients_past_the_cap_starve_neither_runs_nor_healthz(setup: Setup)
         assert daemon.wait() == 0
     text = daemon.text
     assert "Traceback" not in text and "Too many open files" not in text, text
-    lines = [line for line in text.splitlines() if "refused (503)" in line]
+    lines = [line for line in text.splitlines() if "closed at once" in line]
     assert len(lines) == 2, text  # the first at once, the count at the stop
     assert "http_max_connections" in lines[0]
     # 250, and the /healthz that came while the idle ones were being closed, if any

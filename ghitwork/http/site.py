@@ -10,7 +10,6 @@ accept() out of descriptors are reported at most once a minute with a count
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import resource
@@ -63,11 +62,6 @@ async def serve(
     return Server(runner, host, site.port, repeats)
 
 
-REFUSED = (
-    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 53\r\n\r\n"
-    b"503 too many open connections (http_max_connections)\n"
-)
 BACKLOG = 128  # the listen() queue: connections the kernel holds, no descriptor of ours yet
 ACCEPTS = 100  # accepted at most per readiness of a listening socket (as asyncio does)
 OUT_OF = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -78,8 +72,8 @@ class CappedSite(web.BaseSite):
     """aiohttp's TCPSite with a hard cap on open connections, counted from accept to close.
 
     It accepts on its own listening sockets, one connection at a time, and decides in the
-    same callback: under `cap`, the connection is counted and handed to aiohttp; past it, it
-    is answered 503 and its descriptor closed before the next accept. So the HTTP side never
+    same callback: under `cap`, the connection is counted and handed to aiohttp; past it, its
+    descriptor is closed at once, unanswered, before the next accept. So the HTTP side never
     holds more than its listening sockets, `cap` and the one being refused, however many
     clients come at once (asyncio's own accept loop takes up to 100 per readiness before any
     of them is refused, and a refused one's transport closes only at the next iteration)."""
@@ -169,10 +163,8 @@ class CappedSite(web.BaseSite):
 
     def take(self, sock: socket.socket, peer: object) -> None:
         sock.setblocking(False)
-        if self.open >= self.cap:
-            with contextlib.suppress(OSError):  # BlockingIOError, or the client is gone
-                sock.send(REFUSED)
-            sock.close()
+        if self.open >= self.cap:  # closed at once (SPEC §11): no answer, so no 503 that
+            sock.close()  # a /healthz probe would read as "stopping" (§10)
             self.refused(peer)
             return
         server = self._runner.server
@@ -228,7 +220,7 @@ class CappedSite(web.BaseSite):
             "refused",
             Level.WARNING,
             "http",
-            f"connection from {remote(peer)} refused (503): {self.cap} open at once is "
+            f"connection from {remote(peer)} closed at once: {self.cap} open at once is "
             f"http_max_connections; idle ones are closed after {IDLE:g}s",
         )
 
