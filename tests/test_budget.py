@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
+from typing import Any
 
 from conftest import Running, Setup, event, ghit_work, poll, write_events
 from reactivex.testing import TestScheduler
@@ -137,6 +139,16 @@ def test_two_agents_replying_to_each_other_settle_at_their_budget(setup: Setup) 
         throttled = line.split("agent ", 1)[1].split(":", 1)[0]
         assert "budget 3/1h used up, runs again at " in line and "(in 1h)" in line
         assert "most events from thread:teams/ghit/ghit/7" in line, "the report names the loop"
+
+        def shown() -> dict[str, Any]:  # SPEC §9: throttled "with which budget", everywhere
+            status = json.loads(ghit_work("status", "--json", cwd=setup.path).stdout or "{}")
+            found = {a["name"]: a for a in status.get("agents", [])}.get(throttled, {})
+            return found if found.get("state") == "throttled" else {}
+
+        problem = poll(shown, what="throttled in status --json")["problem"]
+        assert problem.startswith("budget 3/1h used up, runs again at "), problem
+        assert throttled in ghit_work("status", cwd=setup.path).stdout
+        assert "budget 3/1h used up" in ghit_work("status", cwd=setup.path).stdout
         # The throttled agent no longer replies, so the other one is not woken again: the
         # loop has settled. SIGTERM, then count: nothing ran past the budget.
         daemon.signal(signal.SIGTERM)

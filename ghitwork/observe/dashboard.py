@@ -125,6 +125,8 @@ class DashboardModel(_DashboardState):
         found.due = change.due  # throttled, quota: when it may run again
         if change.new is AgentState.NEEDS_INPUT and change.reason:
             found.problem = change.reason  # its question, kept across a restart (SPEC §13)
+        elif change.new is AgentState.THROTTLED and change.reason:
+            found.problem = change.reason  # which budget, until when (SPEC §9)
         self._settle(change.agent, found, change.at)
         return True
 
