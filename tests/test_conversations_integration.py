@@ -323,3 +323,31 @@ def test_workspace_keep_needs_a_workdir_per_conversation(setup: Setup) -> None:
     setup.write_config({"a": {"conversations": "threads"}})
     result = ghit_work("check", cwd=setup.path)
     assert 'agents.a.conversations: expected "agent"' in result.stderr
+
+
+def test_a_reload_to_agent_mode_holds_its_run_while_thread_runs_finish(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """SPEC §3: each agent runs at most one invocation at a time in agent mode, also when a
+    reload switched it from threads while their runs were still working."""
+    gate = tmp_path / "gate"
+    record = start(setup, tmp_path, env={"GATE": str(gate)})
+    with Running(setup.path) as daemon:
+        write_events(setup.events, [event(1, scopes=[T1]), event(2, scopes=[T2])])
+        poll(lambda: len(runs(record)) == 2, what="both threads working")
+        start(setup, tmp_path, env={"GATE": str(gate)}, conversations="agent")
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for("config reloaded")
+        write_events(setup.events, [event(3, scopes=[T1])])
+        daemon.wait_for("agent a: idle -> queued, 1 event waiting")
+        assert len(runs(record)) == 2, "no run of the agent while its thread runs work"
+        gate.touch()
+        poll(lambda: len(runs(record)) == 3, what="event 3 once the thread runs ended")
+        third = runs(record)[2]
+        assert (third["conversation"], ids(third)) == ("", [3])
+        lines = (tmp_path / "ends.jsonl").read_text().splitlines()
+        ends = {json.loads(line)["pid"]: json.loads(line)["end"] for line in lines}
+        first = [ends[run["pid"]] for run in runs(record)[:2]]
+        assert third["start"] >= max(first), "it started after both thread runs ended"
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0

@@ -97,9 +97,13 @@ class Dispatcher:
         ]
 
     def concurrency(self, name: str) -> int:
-        """How many runs of agent `name` may work at once (0: no cap of its own)."""
+        """How many runs of agent `name` may work at once (0: no cap of its own): its
+        `concurrency` in thread mode, one in agent mode (SPEC §3), which also holds the one
+        conversation's run while runs of its threads finish after a reload to agent mode."""
         agent = self.agents.get(name)
-        return agent.config.concurrency if agent is not None and agent.config.threads else 0
+        if agent is None:
+            return 0
+        return agent.config.concurrency if agent.config.threads else 1
 
     def _agent(self, config: AgentConfig) -> Agent:
         agent = Agent(
