@@ -351,3 +351,41 @@ def test_a_reload_to_agent_mode_holds_its_run_while_thread_runs_finish(
         assert third["start"] >= max(first), "it started after both thread runs ended"
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
+
+
+def test_a_reload_to_thread_mode_sends_what_was_queued_to_its_threads(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """SPEC §12: batches never mix conversations, and a thread's events run in id order;
+    events queued in the agent's own conversation before a reload to thread mode go to their
+    threads (as a restart would split them), not into one mixed batch after later ones."""
+    gate = tmp_path / "gate"
+    record = start(setup, tmp_path, env={"GATE": str(gate)}, conversations="agent")
+    with Running(setup.path) as daemon:
+        write_events(setup.events, [event(1, scopes=[T1])])
+        poll(lambda: len(runs(record)) == 1, what="event 1 working")
+        write_events(setup.events, [event(2, scopes=[T1]), event(3, scopes=[T2])])
+
+        def queued() -> int:
+            status = json.loads(ghit_work("status", "--json", cwd=setup.path).stdout or "{}")
+            return sum(a["queue"] for a in status.get("agents", []))
+
+        poll(lambda: queued() == 2, what="events 2 and 3 queued behind event 1")
+        start(setup, tmp_path, env={"GATE": str(gate)}, concurrency=3)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_for("its other queued events went to their threads")
+        write_events(setup.events, [event(4, scopes=[T1])])
+        gate.touch()
+        poll(lambda: sum(len(ids(run)) for run in runs(record)) == 4, what="all 4 delivered")
+        by_thread: dict[str, list[int]] = {}
+        for run in runs(record):
+            batch = ids(run)
+            assert {T1 if i in (1, 2, 4) else T2 for i in batch} == {
+                T1 if batch[0] in (1, 2, 4) else T2
+            }, f"a batch mixes threads: {batch}"
+            thread = T1 if batch[0] in (1, 2, 4) else T2
+            by_thread.setdefault(thread, []).extend(batch)
+        assert by_thread == {T1: [1, 2, 4], T2: [3]}, by_thread
+        assert [r["conversation"] for r in runs(record) if ids(r) == [3]] == [T2]
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0

@@ -29,7 +29,7 @@ from ghitwork.bus.changes import (
 from ghitwork.config.model import AgentConfig
 from ghitwork.flow import policy
 from ghitwork.flow.accounts import Accounts, Schedule
-from ghitwork.flow.conversation import Conversation
+from ghitwork.flow.conversation import WAITING, Conversation
 from ghitwork.flow.letters import DeadLetters
 from ghitwork.model.conversations import OWN, main_scope, split
 from ghitwork.model.deadletter import DeadLetter
@@ -197,9 +197,31 @@ class Agent:
 
     def reconfigure(self, config: AgentConfig) -> None:
         """New settings (a reload): they apply from the next batch of each conversation."""
+        to_threads = config.threads and not self.config.threads
         self.config = config
         for conversation in list(self.conversations.values()):
             conversation.reconfigure()
+        if to_threads:
+            self._split_own()
+
+    def _split_own(self) -> None:
+        """A reload to thread mode: what the agent's own conversation holds queued (not its
+        running batch, nor a batch waiting for its retry or a human) goes to its threads, as a
+        restart would split it: a thread's events then run in order, in batches of their own
+        (SPEC §12)."""
+        own = self.conversations.get(OWN)
+        if own is None or not own.pending or own.state in (*WAITING, AgentState.NEEDS_INPUT):
+            return
+        parts = [(key, events) for key, events in split(own.pending) if key != OWN]
+        if not parts:
+            return
+        moved = {event.id for _, events in parts for event in events}
+        own.pending = [event for event in own.pending if event.id not in moved]
+        marked, own.redelivered = own.redelivered & moved, own.redelivered - moved
+        self.add(parts)
+        for key, events in parts:
+            self.conversations[key].redelivered.update(e.id for e in events if e.id in marked)
+        own.requeued()
 
     def settled(self, conversation: Conversation) -> None:
         """A conversation has nothing to do for now: in thread mode it is dropped, and its

@@ -114,6 +114,13 @@ class Conversation:
         else:
             pending.extend(events)
 
+    def requeued(self) -> None:
+        """Some of its queued events went to other conversations (a reload to thread mode):
+        its queue is said again, and it settles if nothing is left."""
+        self._set(self.state, "its other queued events went to their threads", self.state)
+        if self.idle:
+            self.agent.settled(self)
+
     # -- decisions
     @property
     def runnable(self) -> bool:
