@@ -133,18 +133,24 @@ def test_a_run_the_os_refuses_fails_alone_and_its_retry_succeeds(setup: Setup) -
     assert not any(line.get("topic") == "fatal" for line in lines)
 
 
-def test_an_environment_the_os_refuses_is_an_error_not_a_command_that_cannot_start(
-    setup: Setup,
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        # an env value past what exec takes (one string over 128 KiB: E2BIG), which no config
+        # check can tell from a long one that fits: a value the OS refuses at spawn
+        ({"env": {"BIG": "x" * 200_000}}, "Argument list too long"),
+        # "an OSError writing its logs": ghit-work's own fault, not an agent that cannot start
+        ({"logdir": "afile/sub"}, "cannot write logs in"),
+    ],
+    ids=["env-the-os-refuses", "logs-that-cannot-be-written"],
+)
+def test_a_fault_of_ghit_works_own_in_one_run_is_its_error_and_the_rest_go_on(
+    setup: Setup, settings: dict[str, object], said: str
 ) -> None:
-    """An env value past what exec takes (one string over 128 KiB: E2BIG), which no config
-    check can tell from a long one that fits: the run fails with outcome `error`, as any value
-    the OS refuses at spawn (SPEC §11), is retried, then dead-lettered; the other agent goes on."""
-    setup.write_config(
-        {
-            "a": {"env": {"BIG": "x" * 200_000}, "run_attempts": 2, "run_backoff": 0.1},
-            "b": {},
-        }
-    )
+    """SPEC §11: the run fails with outcome `error` and the fault's message, is retried,
+    then dead-lettered; the other agent goes on, and nothing is fatal."""
+    (setup.path / "afile").write_text("")  # a logdir below it cannot be made
+    setup.write_config({"a": {**settings, "run_attempts": 2, "run_backoff": 0.1}, "b": {}})
     write_events(setup.events, [event(1)])
     with Running(setup.path, "--log-format", "json") as daemon:
         poll(lambda: setup.delivered("b") == [1], what="b's event 1")
@@ -152,30 +158,11 @@ def test_an_environment_the_os_refuses_is_an_error_not_a_command_that_cannot_sta
         lines = [json.loads(line) for line in daemon.text.splitlines()]
         ended = [line for line in lines if line.get("agent") == "a" and "outcome" in line]
         assert [line["outcome"] for line in ended] == ["error", "error"], ended
-        assert all("Argument list too long" in line["fault"] for line in ended), ended
+        assert all(said in line["fault"] for line in ended), ended
         assert setup.delivered("a") == []
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
     assert not any(line.get("topic") == "fatal" for line in lines)
-
-
-def test_logs_that_cannot_be_written_fail_the_run_with_outcome_error(setup: Setup) -> None:
-    """SPEC §11: "an OSError writing its logs" is the run's `error`, as ghit-work's own fault,
-    not `failed` as an agent that could not start; retried, then dead-lettered."""
-    (setup.path / "afile").write_text("")
-    setup.write_config(
-        {"a": {"logdir": "afile/sub", "run_attempts": 2, "run_backoff": 0.1}, "b": {}}
-    )
-    write_events(setup.events, [event(1)])
-    with Running(setup.path, "--log-format", "json") as daemon:
-        poll(lambda: setup.delivered("b") == [1], what="b's event 1")
-        daemon.wait_for("dead letter 1 (1 event")
-        lines = [json.loads(line) for line in daemon.text.splitlines()]
-        ended = [line for line in lines if line.get("agent") == "a" and "outcome" in line]
-        assert [line["outcome"] for line in ended] == ["error", "error"], ended
-        assert all("cannot write logs in" in line["fault"] for line in ended), ended
-        daemon.signal(signal.SIGTERM)
-        assert daemon.wait() == 0
 
 
 # -- what cannot be contained: exit 4, 503 at once, nothing lost, through the real command
