@@ -24,13 +24,13 @@ from ghitwork.bus.changes import (
     AgentState,
     Change,
     ConversationsQueued,
-    WorkspaceChanged,
 )
 from ghitwork.config.model import AgentConfig
 from ghitwork.flow import policy
 from ghitwork.flow.accounts import Accounts, Schedule
 from ghitwork.flow.conversation import WAITING, Conversation
 from ghitwork.flow.letters import DeadLetters
+from ghitwork.flow.workdirs import Teardown, Workdirs
 from ghitwork.model.conversations import OWN, main_scope, split
 from ghitwork.model.deadletter import DeadLetter
 from ghitwork.model.durations import MAX_BUDGET_RUNS
@@ -44,9 +44,6 @@ MAX_SESSIONS = 10_000  # session ids kept per agent (the most recently used)
 
 # (the agent's config, what to run) -> the run (flow/dispatch.py)
 Launch = Callable[[AgentConfig, RunSpec], Observable[RunResult]]
-# (the agent's config, conversation, workspace path, done(removed)) -> remove an idle
-# workspace; `done(False)`: its teardown failed, the workspace is kept and tried again later
-Teardown = Callable[[AgentConfig, str, str, Callable[[bool], None]], None]
 # where the agent's group asks for runs (routing.batch_while_busy): its deferred runs
 Request = Callable[[tuple[Callable[[], Observable[Any]], ...]], None]
 
@@ -64,14 +61,6 @@ class Paused:
     until: float | None = None  # with --for: it resumes by itself then
     by: str = ""
     at: float = 0.0
-
-
-@dataclass
-class Workspace:
-    """A conversation's own workdir, made for it (SPEC §12)."""
-
-    path: str
-    used: float  # when a run of it last ended (or it was set up)
 
 
 class Agent:
@@ -97,8 +86,6 @@ class Agent:
         self.publish = publish
         self.conversations: dict[str, Conversation] = {}
         self.sessions: dict[str, str] = {}  # conversation -> its session id
-        self.workspaces: dict[str, Workspace] = {}  # conversation -> its workspace, made
-        self.tearing_down: set[str] = set()  # conversations whose workspace is being removed
         self.stopping = False
         self.removed = False  # not in the config any more (kept for its saved events)
         self.runs: list[float] = []  # start times of recent runs (for budgets)
@@ -107,8 +94,7 @@ class Agent:
         self.ledger = ledger or Ledger()
         self.run_scopes: deque[tuple[float, tuple[str, ...]]] = deque(maxlen=RECENT_STARTS)
         self._letters = letters
-        self._teardown = teardown
-        self._idle_timers: dict[str, Callable[[], None]] = {}  # workspace_keep, per workspace
+        self.workdirs = Workdirs(self, teardown)  # its conversations' workspaces
         self.paused: Paused | None = None
         self.accounts = accounts  # SPEC §14: whose usage limits are reached
         self._unpause: Callable[[], None] | None = None  # the --for timer
@@ -229,8 +215,7 @@ class Agent:
         if not conversation.idle:
             return
         key = conversation.key
-        if self.config.workspace_keep is not None and key in self.workspaces:
-            self._keep(key)
+        self.workdirs.idle(key)
         if not self.config.threads or self.conversations.get(key) is not conversation:
             return
         del self.conversations[key]
@@ -337,87 +322,17 @@ class Agent:
             if len(sessions) > MAX_SESSIONS:
                 del sessions[next(iter(sessions))]
 
-    # -- workspaces (SPEC §12)
-    def needs_setup(self, key: str) -> bool:
-        """Whether a run of `key` must make its workspace (or the shared one) first."""
-        config = self.config
-        return config.makes_workspaces and config.workspace_of(key) not in self.workspaces
-
-    def using(self, key: str) -> None:
-        """A run of `key` is about to start: its workspace is not idle."""
-        cancel = self._idle_timers.pop(key, None)
-        if cancel is not None:
-            cancel()
-
-    def made(self, key: str, path: str) -> None:
-        """The workspace of `key` exists now (created, and set up)."""
-        key = self.config.workspace_of(key)
-        workspace = self.workspaces[key] = Workspace(path, self.clock())
-        self._announce(key, workspace, ready=True)
-
-    def _announce(
-        self, key: str, workspace: Workspace, ready: bool, used: float | None = None
-    ) -> None:
-        self.publish(
-            WorkspaceChanged(
-                agent=self.name, conversation=key, path=workspace.path, ready=ready, used=used
-            )
-        )
-
-    def ran(self, key: str, result: RunResult) -> None:
-        key = self.config.workspace_of(key)
-        workspace = self.workspaces.get(key)
-        if workspace is None:
-            return
-        workspace.used = result.ended or self.clock()
-        self._announce(key, workspace, ready=True, used=workspace.used)
-
-    def restore_workspaces(self, kept: Mapping[str, Workspace]) -> None:
-        """Workspaces made before a restart: their idle time goes on from their last use."""
-        self.workspaces.update(kept)
-        if self.config.workspace_keep is None:
-            return
-        for key in kept:
-            if key not in self.conversations or self.conversations[key].idle:
-                self._keep(key)
-
-    def _keep(self, key: str) -> None:
-        keep = self.config.workspace_keep
-        workspace = self.workspaces.get(key)
-        if keep is None or workspace is None or key in self._idle_timers:
-            return
-        delay = max(0.0, workspace.used + keep - self.clock())
-        self._idle_timers[key] = self.schedule(delay, lambda: self._expire(key))
-
-    def _expire(self, key: str) -> None:
-        """`workspace_keep` has passed since the last run of `key`: remove its workspace,
-        unless a run of it is queued or running meanwhile."""
-        self._idle_timers.pop(key, None)
-        workspace = self.workspaces.get(key)
-        current = self.conversations.get(key)
-        busy = current is not None and not current.idle
-        if workspace is None or busy or self._teardown is None or self.stopping:
-            return
-        self.tearing_down.add(key)
-
-        def done(removed: bool) -> None:
-            self.tearing_down.discard(key)
-            if removed:
-                self.workspaces.pop(key, None)
-                # with its last use: how long it was idle, for the status line
-                self._announce(key, workspace, ready=False, used=workspace.used)
-            else:  # kept, and tried again after another workspace_keep
-                workspace.used = self.clock()
-            waiting = self.conversations.get(key)
-            if waiting is not None:
-                waiting.wake()
-            elif not removed:
-                self._keep(key)
-
-        self._teardown(self.config, key, workspace.path, done)
-
     def cancel_timers(self) -> None:
-        for cancel in self._idle_timers.values():
-            cancel()
-        self._idle_timers.clear()
+        self.workdirs.cancel_timers()
         self._cancel_unpause()
+
+    # -- what its workspaces' record asks (workdirs.Owner)
+    def busy(self, key: str) -> bool:
+        found = self.conversations.get(key)
+        return found is not None and not found.idle
+
+    def wake(self, key: str) -> bool:
+        found = self.conversations.get(key)
+        if found is not None:
+            found.wake()
+        return found is not None

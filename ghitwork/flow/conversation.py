@@ -142,7 +142,7 @@ class Conversation:
         request = self.agent.request
         if self.outstanding or not self.pending or not self.runnable or request is None:
             return False
-        if self.key in self.agent.tearing_down:
+        if self.key in self.agent.workdirs.tearing_down:
             return False  # its workspace is being removed; the end of that wakes it
         if self.agent.paused is not None:  # its events wait; `resume` wakes it
             self._set(AgentState.PAUSED, self.agent.paused.reason, was)
@@ -242,9 +242,9 @@ class Conversation:
                 attempt=self.tries.attempt,
                 redelivered=redelivered,
                 conversation=self.key,
-                setup=agent.needs_setup(self.key),
+                setup=agent.workdirs.needs_setup(self.key),
             )
-            agent.using(self.key)
+            agent.workdirs.using(self.key)
             run = agent.launch(self.config, spec)
         except Exception as error:  # one run is one failure domain (SPEC §11)
             # Preparing the run failed (its template, its argv or environment, a bug): the
@@ -344,7 +344,7 @@ class Conversation:
                 conversation=self.key,
             )
         )
-        agent.ran(self.key, result)
+        agent.workdirs.ran(self.key, result)
         if not self.wake():
             self._complete_if_done()
             agent.settled(self)

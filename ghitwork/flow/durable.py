@@ -18,8 +18,9 @@ from ghitwork.bus.changes import (
     SessionsLoaded,
     UsageLoaded,
 )
-from ghitwork.flow.agent import Agent, Paused, Workspace
+from ghitwork.flow.agent import Agent, Paused
 from ghitwork.flow.routing import Pair, Part
+from ghitwork.flow.workdirs import Workspace
 from ghitwork.model.events import Event, Malformed, to_event
 from ghitwork.persist.saved import Saved, SavedAgent
 
@@ -88,7 +89,7 @@ def restore(self: Dispatcher, saved: Saved, handed_back: Collection[int] = ()) -
         redelivered = kept.inflight & kept.pending.keys()
         kept.pending.clear()
         pairs.append((name, requeue(agent, events, redelivered)))
-        agent.restore_workspaces(
+        agent.workdirs.restore(
             {key: Workspace(path, used) for key, (path, used) in kept.workspaces.items()}
         )
         _restore_humans(self, agent, kept)
@@ -153,7 +154,7 @@ def snapshot(self: Dispatcher, cursor: int | None) -> Saved:
             if c.state is AgentState.NEEDS_INPUT
         }
         paused = agent.paused
-        kept = pending or agent.sessions or agent.runs or agent.workspaces or asking
+        kept = pending or agent.sessions or agent.runs or agent.workdirs.made or asking
         if not kept and paused is None:
             continue
         saved.agents[name] = SavedAgent(
@@ -161,7 +162,7 @@ def snapshot(self: Dispatcher, cursor: int | None) -> Saved:
             inflight=inflight & pending.keys(),
             sessions=dict(agent.sessions),
             runs=list(agent.runs),
-            workspaces={k: (w.path, w.used) for k, w in agent.workspaces.items()},
+            workspaces={k: (w.path, w.used) for k, w in agent.workdirs.made.items()},
             paused=None
             if paused is None
             else {

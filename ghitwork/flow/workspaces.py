@@ -40,7 +40,7 @@ class Workspaces:
         if agent is None or config.workspaces:
             return await self._make(agent, config, spec)
         async with self._shared.setdefault(config.name, asyncio.Lock()):
-            if not agent.needs_setup(spec.conversation):
+            if not agent.workdirs.needs_setup(spec.conversation):
                 return None  # set up while this run waited
             return await self._make(agent, config, spec)
 
@@ -58,7 +58,7 @@ class Workspaces:
         if made is not None:
             return made
         if agent is not None:
-            agent.made(spec.conversation, str(spec.workdir))
+            agent.workdirs.set_up(spec.conversation, str(spec.workdir))
         return None
 
     def teardown(
