@@ -82,6 +82,18 @@ def notify_problems(config: Config, urls: bool = False) -> list[ConfigError]:
     return found
 
 
+def warn_at_start(config: Config, environ: Mapping[str, str], bus: StateBus) -> None:
+    """What a start says of its config before anything runs: a tail command that cannot be
+    found (said plainly, then retried as SPEC §4 says), the agents' commands, a weak token."""
+    missing = tail_cmd_problem(config, environ)
+    if missing is not None:
+        bus.notice(Level.WARNING, "tail-events", tail_warning(missing, config))
+    warn_missing_commands(config, bus)
+    weak = weak_token(config)
+    if weak is not None:
+        bus.notice(Level.WARNING, "config", weak)
+
+
 def warn_missing_commands(config: Config, bus: StateBus) -> None:
     """At start and at each reload: an agent whose command cannot be found is a warning (it
     may be installed later), not a refusal; so is `[[notify]]` without apprise."""

@@ -171,15 +171,8 @@ class Daemon:
             self.children.path or self.config.state_dir / "children",
             lambda message: self.bus.notice(Level.WARNING, "start", message),
         )
-        missing = checks.tail_cmd_problem(self.config, self.environ)
-        if missing is not None:  # said plainly, then retried as SPEC §4 says
-            message = checks.tail_warning(missing, self.config)
-            self.bus.notice(Level.WARNING, "tail-events", message)
+        checks.warn_at_start(self.config, self.environ, self.bus)
         self.children.open()
-        checks.warn_missing_commands(self.config, self.bus)
-        weak = checks.weak_token(self.config)
-        if weak is not None:
-            self.bus.notice(Level.WARNING, "config", weak)
         drained: asyncio.Future[None] = loop.create_future()
 
         def report_error(error: Exception) -> None:
