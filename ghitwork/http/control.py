@@ -21,7 +21,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
@@ -90,7 +90,7 @@ class Guard:
         self.repeats = repeats
 
     def refused(
-        self, request: web.Request, what: str, basic: str | None = None
+        self, request: web.Request, what: str, basic: Literal["ask", "take"] | None = None
     ) -> web.Response | None:
         """None when `request` carries the token; else the answer (401 without one, 403 for
         a wrong one), reported. `basic`: a read, which also takes the token as HTTP Basic's
@@ -152,8 +152,9 @@ def reads_guarded(guard: Guard, paths: Collection[str]) -> Middleware:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in paths:
-            basic = "ask" if request.path == "/" else "take"
-            refused = guard.refused(request, f"read of {request.path}", basic)
+            refused = guard.refused(
+                request, f"read of {request.path}", "ask" if request.path == "/" else "take"
+            )
             if refused is not None:
                 return refused
         return await handler(request)

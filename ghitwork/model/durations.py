@@ -50,9 +50,11 @@ def clock_time(moment: float, now: float | None = None) -> str:
     more away (a quota window of days, a long pause), where a time of day alone would say
     the wrong day. Nearer ones on another day are told apart by the `(in ...)` beside them."""
     now = time.time() if now is None else now
-    day = datetime.fromtimestamp(moment, UTC).date() != datetime.fromtimestamp(now, UTC).date()
-    shape = "%Y-%m-%dT%H:%M:%SZ" if day and abs(moment - now) >= DATED else "%H:%M:%SZ"
-    return datetime.fromtimestamp(moment, UTC).strftime(shape)
+    when = datetime.fromtimestamp(moment, UTC)
+    day = when.date() != datetime.fromtimestamp(now, UTC).date()
+    return when.strftime(
+        "%Y-%m-%dT%H:%M:%SZ" if day and abs(moment - now) >= DATED else "%H:%M:%SZ"
+    )
 
 
 def format_duration(seconds: float) -> str:

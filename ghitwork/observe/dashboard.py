@@ -72,6 +72,9 @@ from ghitwork.observe.view import EventLine as EventLine
 from ghitwork.observe.view import View as View
 from ghitwork.observe.view import batch_text as batch_text
 
+# states whose change's reason is shown as the conversation's problem until it moves on
+SAYS_WHY = (AgentState.NEEDS_INPUT, AgentState.THROTTLED)
+
 
 class DashboardModel(_DashboardState):
     # -- input
@@ -123,10 +126,8 @@ class DashboardModel(_DashboardState):
         found.state, found.since, found.queue = change.new, change.at, change.queue
         found.problem = ""  # the last run's failure shows until it moves on
         found.due = change.due  # throttled, quota: when it may run again
-        if change.new is AgentState.NEEDS_INPUT and change.reason:
-            found.problem = change.reason  # its question, kept across a restart (SPEC §13)
-        elif change.new is AgentState.THROTTLED and change.reason:
-            found.problem = change.reason  # which budget, until when (SPEC §9)
+        if change.new in SAYS_WHY and change.reason:
+            found.problem = change.reason  # its question (SPEC §13); which budget (SPEC §9)
         self._settle(change.agent, found, change.at)
         return True
 
