@@ -55,6 +55,7 @@ from ghitwork.model.redact import Redactor
 from ghitwork.model.results import RunResult
 from ghitwork.model.usage import Charge, Usage, day_of
 from ghitwork.observe import snapshot
+from ghitwork.observe.agents import IDLE_KEPT
 from ghitwork.observe.dashboard import MAX_IDLE, DashboardModel
 from ghitwork.observe.lines import describe
 from ghitwork.observe.status import StatusWriter
@@ -409,6 +410,51 @@ def test_idle_conversations_are_forgotten_beyond_the_most_recent_fifty() -> None
     assert kept[1:] == [f"thread:teams/ghit/ghit/{n}" for n in range(999, 949, -1)]
     assert agent.usage_total.cost_usd == pytest.approx(10.0)
     assert len(m.agents["a"].conversations) == MAX_IDLE + 1
+
+
+def test_an_idle_conversation_without_a_session_is_left_out_after_a_while() -> None:
+    """SPEC §12: idle conversations with nothing queued may be left out after a while; one
+    that has no session then costs nothing. One with a session, one queued, one working, and
+    the agent's own stay."""
+    now = [NOW]
+    m = DashboardModel(clock=lambda: now[0])
+    fed(two_threads()[:1], m)
+    ended = {}
+    for thread, session in (("thread:x/1", None), ("thread:x/2", "s-2"), ("thread:x/3", None)):
+        m(changed("a", "idle", "queued", 1, thread))
+        m(started("a", (1,), thread, session=session))
+        ended[thread] = RunFinished(
+            agent="a",
+            result=result("a", (1,), session_id=session, conversation=thread),
+            new=AgentState.IDLE,
+            queue=0,
+            conversation=thread,
+            at=NOW,
+        )
+        m(ended[thread])
+    m(replace(ended["thread:x/3"], at=NOW + 30))  # idle for less long
+    m(changed("a", "idle", "queued", 2, "thread:x/4"))
+    m(started("a", (5,), T39))
+
+    def listed() -> set[str]:
+        return {c.conversation for c in m.view().agents[0].conversations}
+
+    before = listed()
+    assert {"thread:x/1", "thread:x/2", "thread:x/3", "thread:x/4", T39} <= before
+    now[0] = NOW + IDLE_KEPT - 1
+    version = m.version
+    m.sweep()
+    assert listed() == before and m.version == version
+    now[0] = NOW + IDLE_KEPT
+    m.sweep()
+    assert listed() == before - {"thread:x/1"} and m.version == version + 1
+    now[0] = NOW + 30 + IDLE_KEPT
+    m.sweep()
+    assert listed() == before - {"thread:x/1", "thread:x/3"}
+    agent = m.view().agents[0]
+    assert agent.state is AgentState.WORKING and agent.queue == 2
+    m(changed("a", "idle", "queued", 1, "thread:x/1"))  # it comes back when it has news
+    assert "thread:x/1" in listed()
 
 
 def test_threads_kept_in_state_dir_are_listed_at_start_with_their_usage() -> None:

@@ -373,6 +373,7 @@ class Daemon:
         if names:
             control.take_controls(self.config.state_dir, self.dispatcher, self.bus, names)
             self.intake.take_requests(self.config.state_dir, self.dispatcher, self.bus, names)
+        self.model.sweep()
         self.snapshots.write_if_changed()
         self._ticks = asyncio.get_running_loop().call_later(TICK, self._tick)
 

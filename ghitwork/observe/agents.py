@@ -5,7 +5,9 @@ Conversations (SPEC §12): per agent, its conversations, each with its own state
 attempt, session, usage and last run; the agent's row sums them up: its state is the most
 pressing of theirs (PRESSING), its queue their sum, its batch the working ones' events. An
 idle conversation with nothing queued is forgotten once more than MAX_IDLE of the agent's are
-(the least recently active first).
+(the least recently active first), and one that has no session either once it has been idle
+for IDLE_KEPT (SPEC §12: "idle conversations with nothing queued may be left out after a
+while"): a thread's last run stays listed for a while, then the conversation costs nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ghitwork.observe.view import AgentView, ConversationView
 
 MAX_RUNS = 20
 MAX_IDLE = 50  # idle conversations with nothing queued kept per agent (the most recent)
+IDLE_KEPT = 60.0  # seconds one of them with no session stays listed once idle
 
 # The agent's state is the most pressing of its conversations' (lowest first; a state this
 # table does not know ranks with idle).
@@ -188,11 +191,34 @@ class _Agent:
         if key != OWN and found.state in _QUIET and not found.queue:
             quiet[key] = None
             if len(quiet) > MAX_IDLE:  # forget the least recently active
-                oldest = next(iter(quiet))
-                del quiet[oldest]
-                gone = self.conversations.pop(oldest)
-                if gone.counted is not None:
-                    states[gone.counted] -= 1
+                self._forget(next(iter(quiet)))
+
+    def forget_idle(self, now: float) -> bool:
+        """The quiet conversations with no session, idle since IDLE_KEPT before `now`, are
+        forgotten (those with a session stay, within MAX_IDLE: its id is worth showing).
+        Whether one was. The quiet are in the order they went quiet, so the walk stops at the
+        first one idle for less than that."""
+        if not self.quiet:
+            return False
+        conversations, cutoff = self.conversations, now - IDLE_KEPT
+        gone = []
+        for key in self.quiet:
+            found = conversations[key]
+            if found.since > cutoff:
+                break
+            if found.session_id is None:
+                gone.append(key)
+        for key in gone:
+            self._forget(key)
+        if gone:
+            self.shown = None
+        return bool(gone)
+
+    def _forget(self, key: str) -> None:
+        del self.quiet[key]
+        gone = self.conversations.pop(key)
+        if gone.counted is not None:
+            self.states[gone.counted] -= 1
 
     def settle(self, at: float) -> None:
         """Its state, from its conversations': the most pressing (disabled when the agent is,

@@ -19,8 +19,9 @@ queued > needs-input > rate-limited > retrying > throttled > paused > idle; disa
 agent is, unless a run still works), its queue their sum, its batch the working ones'
 events. With `conversations = "agent"` the one conversation `""` is the agent, field for
 field. An idle conversation with nothing queued is forgotten once more than MAX_IDLE of the
-agent's are (the least recently active first), so a thousand threads over a day leave at
-most that many behind.
+agent's are (the least recently active first), and one with no session once idle for
+IDLE_KEPT (`sweep`, at the daemon's tick), so a thousand threads over a day leave at most
+that many behind, those with a session.
 
 A change sets a few attributes; an agent's `AgentView` (and its conversations') is made when
 a view is asked for, and only for what changed since: a catch-up's thousands of changes do

@@ -164,6 +164,14 @@ class _DashboardState:
             current.unplaced = 0  # its conversations tell their queues from now on
         return found
 
+    def sweep(self) -> None:
+        """Once a second (the daemon's tick): idle conversations with nothing queued and no
+        session are left out once idle for agents.IDLE_KEPT (SPEC §12)."""
+        now = self.clock()
+        for agent in self.agents.values():
+            if agent.forget_idle(now):
+                self.version += 1
+
     def _settle(self, name: str, found: _Conversation, at: float) -> None:
         """After `found`, a conversation of `name`, changed: the agent's state."""
         current = self.agents[name]
