@@ -14,8 +14,9 @@ conversations at scale, each against a direct spawn of the same agent command in
   2. conversations at scale: 1,000 threads across 20 agents (`conversations = "thread"`,
      `concurrency = 4`), live events at 200/s: dispatch latency p50/p99 against the same
      baseline at the same rate (targets +1 ms / +5 ms); RSS with the 1,000 conversations
-     holding queued events (their agents held), and once they are idle again (target: back
-     down, within a quarter of the rise of the RSS it had before the load).
+     holding queued events (their agents held), and once they are idle again and the views
+     have left them out (target: back down, within a quarter of the rise of the RSS it had
+     before the load).
 
 The agent notes its start in its first instruction (bash's $EPOCHREALTIME, no exec), then the
 event ids of its prompt. Every event is checked to have been delivered, once, to its agent.
@@ -43,6 +44,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench import ENV, GHIT_WORK, REPLAY, Figures, cpu_seconds, current_rss_mb, machine
+
+from ghitwork.observe.agents import IDLE_KEPT
 
 # The agent: its start time first (a bash builtin), then the ids its prompt carried.
 STAMP = 't=$EPOCHREALTIME; read -r ids; echo "$t $ids" >> "$RECORD"'
@@ -380,7 +383,10 @@ def scale(root: Path, figures: Figures, quick: bool) -> None:
             loaded = current_rss_mb(stream.pid)
             fcntl.flock(held, fcntl.LOCK_UN)
             stream.wait_for(ids, timeout=300)
-            time.sleep(5.0)  # idle conversations may be let go after a while
+            # The views leave out an idle conversation with no session once idle for
+            # IDLE_KEPT (SPEC §12 "after a while"); then ghit-work is quiet for a tick (it
+            # hands freed memory back: system/memory.py).
+            time.sleep(IDLE_KEPT + 4.0)
             after = current_rss_mb(stream.pid)
         finally:
             stream.stop()
