@@ -384,8 +384,7 @@ def scale(root: Path, figures: Figures, quick: bool) -> None:
             fcntl.flock(held, fcntl.LOCK_UN)
             stream.wait_for(ids, timeout=300)
             # The views leave out an idle conversation with no session once idle for
-            # IDLE_KEPT (SPEC §12 "after a while"); then ghit-work is quiet for a tick (it
-            # hands freed memory back: system/memory.py).
+            # IDLE_KEPT (SPEC §12 "after a while").
             time.sleep(IDLE_KEPT + 4.0)
             after = current_rss_mb(stream.pid)
         finally:

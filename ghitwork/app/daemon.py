@@ -43,7 +43,6 @@ from ghitwork.persist.journal import Journal
 from ghitwork.persist.saved import Saved
 from ghitwork.persist.store import StateDirError, Store
 from ghitwork.source.tail import Outcome, TailSource, subscription, tail_argv
-from ghitwork.system import memory
 from ghitwork.system.children import Children, end_left_behind
 
 # Redelivery requests are taken within this (SPEC: 2 s); the status snapshot is rewritten at
@@ -95,7 +94,6 @@ class Daemon:
         self._stop_requested = asyncio.Event()
         self._interrupts = 0
         self._ticks: asyncio.TimerHandle | None = None
-        self._trim = memory.Trim()
         # What tail-events reads goes into the pipeline, then the journal; only then does the
         # cursor saved and shown move (SPEC §11).
         self.intake = Intake(self.journal, self.slots, self.fatal, lambda: self.failed is not None)
@@ -377,7 +375,6 @@ class Daemon:
             self.intake.take_requests(self.config.state_dir, self.dispatcher, self.bus, names)
         self.model.sweep()
         self.snapshots.write_if_changed()
-        self._trim(self.model.version)  # once quiet: freed memory back to the system
         self._ticks = asyncio.get_running_loop().call_later(TICK, self._tick)
 
     async def _serve_http(self, address: str) -> None:
