@@ -42,14 +42,14 @@ def open_fd(path: Path, flags: int) -> int:
     return fd
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     """Write every byte of `data` (a short write is continued; an error is raised)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
-def write_atomic(path: Path, data: bytes | Iterable[bytes], sync: bool = True) -> int:
+def write_atomic(path: Path, data: bytes | Iterable[bytes | memoryview], sync: bool = True) -> int:
     """Write `data` (or its pieces, in turn: a large file is never held whole) to `path`,
     0600, so a reader sees the old file or the new one, never half: a temp file beside it,
     fsynced (unless `sync` is false), renamed over it. Returns how many bytes it wrote. When
