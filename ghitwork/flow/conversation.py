@@ -64,7 +64,7 @@ class Conversation:
         self.pending: list[Event] = []
         self.redelivered: set[int] = set()
         self.state = AgentState.IDLE if agent.config.enabled else AgentState.DISABLED
-        self.batch: tuple[Event, ...] = ()
+        self.batch: Sequence[Event] = ()
         self.tries = policy.FIRST  # where the batch at the head of `pending` stands
         self.due: float | None = None  # when a retry or a throttled run may start
         self.outstanding = False  # a run is requested (queued for a slot) or working
@@ -233,6 +233,7 @@ class Conversation:
         batch, self.pending = self.pending, []
         agent = self.agent
         redelivered = self.was_redelivered(batch)
+        ids: tuple[int, ...] | None = None  # the spec's, shared (a restart's batch is large)
         try:
             spec = prepare(
                 self.config,
@@ -245,19 +246,20 @@ class Conversation:
                 setup=agent.workdirs.needs_setup(self.key),
             )
             agent.workdirs.using(self.key)
+            ids = spec.event_ids
             run = agent.launch(self.config, spec)
         except Exception as error:  # one run is one failure domain (SPEC §11)
             # Preparing the run failed (its template, its argv or environment, a bug): the
             # run's result, failed with outcome `error`, retried and dead-lettered like any.
             run = reactivex.of(self._fault(batch, error))
         old, self.state = self.state, AgentState.WORKING
-        self.batch = tuple(batch)
-        agent.started(self.batch)
+        self.batch = batch  # the pending list it was: no copy
+        agent.started(batch)
         agent.publish(
             RunStarted(
                 agent=agent.name,
                 old=old,
-                event_ids=tuple([e.id for e in batch]),
+                event_ids=ids if ids is not None else tuple([e.id for e in batch]),
                 pid=None,
                 resumed=self.resumed,
                 redelivered=redelivered,
