@@ -60,6 +60,7 @@ from ghitwork.observe.dashboard import MAX_IDLE, DashboardModel
 from ghitwork.observe.lines import describe
 from ghitwork.observe.status import StatusWriter
 from ghitwork.observe.view import _hms
+from ghitwork.persist.saved import dumps
 from ghitwork.tui.panes import UiState, render
 
 NOW = 1_800_000_000.0
@@ -488,6 +489,28 @@ def test_what_a_conversation_shows_is_redacted() -> None:
 
 
 # -- the snapshot, `status`
+
+
+def test_status_json_written_in_pieces_is_the_snapshot_byte_for_byte(tmp_path: Path) -> None:
+    """Without the HTTP API, status.json is written an agent at a time (nothing kept between
+    changes); what it holds is the document `build` makes, key for key. With it, the body
+    the API serves is written, and kept."""
+    view = fed(two_threads()).view()
+    whole = dumps(snapshot.build(view, 4, NOW))
+    assert b"".join(snapshot.pieces(view, 4, NOW)) == whole
+    empty = DashboardModel(clock=lambda: NOW).view()
+    assert b"".join(snapshot.pieces(empty, None, NOW)) == dumps(snapshot.build(empty, None, NOW))
+    m = fed(two_threads())
+    files = snapshot.Snapshots(m, lambda: 4, tmp_path, clock=lambda: NOW)
+    files.write_if_changed()
+    written = (tmp_path / "status.json").read_bytes()
+    assert written == dumps(snapshot.build(m.view(), 4, NOW))
+    assert files._cached is None  # nothing kept
+    files.serving = True
+    m(changed("b", "idle", "queued", 1))
+    files.write_if_changed(now=True)
+    assert (tmp_path / "status.json").read_bytes() == files.body(fresh=60.0)
+    assert files._cached is not None
 
 
 def test_the_snapshot_lists_each_agents_conversations() -> None:

@@ -172,6 +172,7 @@ async def start(
     exist when `http_token_file` is set and `controls` given."""
     counts = metrics.Counts()
     bus.changes.subscribe(counts)
+    snapshots.serving = True  # the API's body is kept between changes, and written too
     host, port = parse_http_address(address)
     repeats = Repeats(bus.notice)
     middlewares: list[Middleware] = [loopback_only(repeats)] if is_loopback(host) else []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -131,8 +131,9 @@ def _agent(agent: AgentView, now: float) -> dict[str, Any]:
     }
 
 
-def build(view: View, cursor: int | None, now: float) -> dict[str, Any]:
-    """The snapshot of one view (the shape of `status --json` and `/api/v1/state`)."""
+def build(view: View, cursor: int | None, now: float, agents: bool = True) -> dict[str, Any]:
+    """The snapshot of one view (the shape of `status --json` and `/api/v1/state`); with
+    `agents` false, its `agents` list left empty (`pieces` writes them one at a time)."""
     return {
         "version": __version__,
         "pid": os.getpid(),
@@ -146,7 +147,7 @@ def build(view: View, cursor: int | None, now: float) -> dict[str, Any]:
             "events_seen": view.events_seen,
         },
         "cost_today_usd": round(view.cost_today, 6),
-        "agents": [_agent(agent, now) for agent in view.agents],
+        "agents": [_agent(agent, now) for agent in view.agents] if agents else [],
         "attention": list(view.attention[-ATTENTION:]),
         "events": [
             {
@@ -160,6 +161,20 @@ def build(view: View, cursor: int | None, now: float) -> dict[str, Any]:
             for event in view.events[-RECENT_EVENTS:]
         ],
     }
+
+
+def pieces(view: View, cursor: int | None, now: float) -> Iterator[bytes]:
+    """`build`'s document as JSON, key for key, in pieces of an agent each, so that it is
+    written without being held whole: after a restart each agent's batch is its whole queue,
+    and `batch` lists every event id of it (2 MB for 100,000 queued events)."""
+    document = build(view, cursor, now, agents=False)
+    keys = list(document)
+    at = keys.index("agents")
+    yield dumps({key: document[key] for key in keys[:at]})[:-1] + b',"agents":['
+    for index, agent in enumerate(view.agents):
+        yield (b"," if index else b"") + dumps(_agent(agent, now))
+    after = {key: document[key] for key in keys[at + 1 :]}
+    yield b"]," + dumps(after)[1:] if after else b"]}"
 
 
 class Snapshots:
@@ -185,6 +200,9 @@ class Snapshots:
         self._failing: str | None = None  # the write error reported, until a write succeeds
         self._cached: tuple[tuple[int, int | None], float, bytes] | None = None
         self._next = 0.0  # no write before (time.monotonic), however much changed
+        # The HTTP API serves `body()`, kept between changes; without it status.json is
+        # written in pieces and nothing is kept.
+        self.serving = False
 
     def current(self) -> dict[str, Any]:
         return build(self.model.view(), self.cursor(), self.clock())
@@ -218,7 +236,12 @@ class Snapshots:
         started = time.monotonic()
         if there and not now and started < self._next:
             return
-        data = self.body(fresh=0.0)
+        cached = self._cached
+        data: bytes | Iterator[bytes]
+        if self.serving or (cached is not None and cached[0] == key):
+            data = self.body(fresh=0.0)
+        else:
+            data = pieces(self.model.view(), key[1], self.clock())
         try:
             write_atomic(self.path, data, sync=False)
         except OSError as error:
