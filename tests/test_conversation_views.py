@@ -458,6 +458,31 @@ def test_an_idle_conversation_without_a_session_is_left_out_after_a_while() -> N
     assert "thread:x/1" in listed()
 
 
+def test_an_agent_left_with_one_conversation_by_the_sweep_is_that_one() -> None:
+    """With one conversation left the agent's row is that conversation's, its `since` too."""
+    now = [NOW]
+    m = DashboardModel(clock=lambda: now[0])
+    fed(two_threads()[:1], m)
+    for thread, session, at in (("thread:x/1", "s-1", NOW + 50), ("thread:x/2", None, NOW + 100)):
+        m(changed("a", "idle", "queued", 1, thread))
+        m(started("a", (1,), thread, session=session))
+        m(
+            RunFinished(
+                agent="a",
+                result=result("a", (1,), session_id=session, conversation=thread),
+                new=AgentState.IDLE,
+                queue=0,
+                conversation=thread,
+                at=at,
+            )
+        )
+    now[0] = NOW + 100 + IDLE_KEPT
+    m.sweep()
+    agent = m.view().agents[0]
+    assert [c.conversation for c in agent.conversations] == ["thread:x/1"]
+    assert agent.since == agent.conversations[0].since == NOW + 50
+
+
 def test_threads_kept_in_state_dir_are_listed_at_start_with_their_usage() -> None:
     kept = {f"thread:x/{n}": Usage(cost_usd=n) for n in range(80)}
     m = fed(two_threads()[:1])

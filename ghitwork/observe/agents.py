@@ -211,6 +211,7 @@ class _Agent:
         for key in gone:
             self._forget(key)
         if gone:
+            self.settle(now)  # one conversation left: the agent is it, since when it was
             self.shown = None
         return bool(gone)
 

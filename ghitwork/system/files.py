@@ -68,7 +68,7 @@ def write_atomic(path: Path, data: bytes | Iterable[bytes | memoryview], sync: b
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except OSError:
+    except BaseException:  # an OSError, or a piece that could not be made: no temp file left
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
