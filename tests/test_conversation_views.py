@@ -413,6 +413,25 @@ def test_idle_conversations_are_forgotten_beyond_the_most_recent_fifty() -> None
     assert len(m.agents["a"].conversations) == MAX_IDLE + 1
 
 
+def idle_again(thread: str, session: str | None, at: float) -> RunFinished:
+    """Agent `a`'s run in `thread` ended at `at`, nothing queued behind it."""
+    return RunFinished(
+        agent="a",
+        result=result("a", (1,), session_id=session, conversation=thread),
+        new=AgentState.IDLE,
+        queue=0,
+        conversation=thread,
+        at=at,
+    )
+
+
+def ran(m: DashboardModel, thread: str, session: str | None, at: float) -> None:
+    """Agent `a` ran an event in `thread` (with `session`), idle since `at`."""
+    m(changed("a", "idle", "queued", 1, thread))
+    m(started("a", (1,), thread, session=session))
+    m(idle_again(thread, session, at))
+
+
 def test_an_idle_conversation_without_a_session_is_left_out_after_a_while() -> None:
     """SPEC §12: idle conversations with nothing queued may be left out after a while; one
     that has no session then costs nothing. One with a session, one queued, one working, and
@@ -420,20 +439,9 @@ def test_an_idle_conversation_without_a_session_is_left_out_after_a_while() -> N
     now = [NOW]
     m = DashboardModel(clock=lambda: now[0])
     fed(two_threads()[:1], m)
-    ended = {}
     for thread, session in (("thread:x/1", None), ("thread:x/2", "s-2"), ("thread:x/3", None)):
-        m(changed("a", "idle", "queued", 1, thread))
-        m(started("a", (1,), thread, session=session))
-        ended[thread] = RunFinished(
-            agent="a",
-            result=result("a", (1,), session_id=session, conversation=thread),
-            new=AgentState.IDLE,
-            queue=0,
-            conversation=thread,
-            at=NOW,
-        )
-        m(ended[thread])
-    m(replace(ended["thread:x/3"], at=NOW + 30))  # idle for less long
+        ran(m, thread, session, NOW)
+    m(idle_again("thread:x/3", None, NOW + 30))  # idle for less long
     m(changed("a", "idle", "queued", 2, "thread:x/4"))
     m(started("a", (5,), T39))
 
@@ -464,18 +472,7 @@ def test_an_agent_left_with_one_conversation_by_the_sweep_is_that_one() -> None:
     m = DashboardModel(clock=lambda: now[0])
     fed(two_threads()[:1], m)
     for thread, session, at in (("thread:x/1", "s-1", NOW + 50), ("thread:x/2", None, NOW + 100)):
-        m(changed("a", "idle", "queued", 1, thread))
-        m(started("a", (1,), thread, session=session))
-        m(
-            RunFinished(
-                agent="a",
-                result=result("a", (1,), session_id=session, conversation=thread),
-                new=AgentState.IDLE,
-                queue=0,
-                conversation=thread,
-                at=at,
-            )
-        )
+        ran(m, thread, session, at)
     now[0] = NOW + 100 + IDLE_KEPT
     m.sweep()
     agent = m.view().agents[0]
