@@ -233,7 +233,6 @@ class Conversation:
         batch, self.pending = self.pending, []
         agent = self.agent
         redelivered = self.was_redelivered(batch)
-        ids: tuple[int, ...] | None = None  # the spec's, shared (a restart's batch is large)
         try:
             spec = prepare(
                 self.config,
@@ -246,12 +245,12 @@ class Conversation:
                 setup=agent.workdirs.needs_setup(self.key),
             )
             agent.workdirs.using(self.key)
-            ids = spec.event_ids
-            run = agent.launch(self.config, spec)
+            ids, run = spec.event_ids, agent.launch(self.config, spec)  # ids shared, not copied
         except Exception as error:  # one run is one failure domain (SPEC §11)
             # Preparing the run failed (its template, its argv or environment, a bug): the
             # run's result, failed with outcome `error`, retried and dead-lettered like any.
-            run = reactivex.of(self._fault(batch, error))
+            fault = self._fault(batch, error)
+            ids, run = fault.event_ids, reactivex.of(fault)
         old, self.state = self.state, AgentState.WORKING
         self.batch = batch  # the pending list it was: no copy
         agent.started(batch)
@@ -259,7 +258,7 @@ class Conversation:
             RunStarted(
                 agent=agent.name,
                 old=old,
-                event_ids=ids if ids is not None else tuple([e.id for e in batch]),
+                event_ids=ids,
                 pid=None,
                 resumed=self.resumed,
                 redelivered=redelivered,

@@ -198,8 +198,6 @@ class _Agent:
         forgotten (those with a session stay, within MAX_IDLE: its id is worth showing).
         Whether one was. The quiet are in the order they went quiet, so the walk stops at the
         first one idle for less than that."""
-        if not self.quiet:
-            return False
         conversations, cutoff = self.conversations, now - IDLE_KEPT
         gone = []
         for key in self.quiet:

@@ -236,11 +236,10 @@ class Snapshots:
         started = time.monotonic()
         if there and not now and started < self._next:
             return
-        cached = self._cached
         data: bytes | Iterator[bytes]
-        if self.serving or (cached is not None and cached[0] == key):
+        if self.serving:
             data = self.body(fresh=0.0)
-        else:
+        else:  # nothing else asks for `body()`: nothing to keep
             data = pieces(self.model.view(), key[1], self.clock())
         try:
             write_atomic(self.path, data, sync=False)
