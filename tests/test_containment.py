@@ -13,7 +13,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from ghitwork.observe.status import StatusWriter
 from ghitwork.persist.store import Store
 from ghitwork.run.archive import LogFiles
 from ghitwork.run.output import Stream
+from ghitwork.system.process import Child
 
 # -- a config the OS would refuse at spawn is refused when it is loaded
 
@@ -296,14 +297,14 @@ def _render(monkeypatch: pytest.MonkeyPatch, bus: StateBus) -> None:
 
 
 def _spawn(monkeypatch: pytest.MonkeyPatch, bus: StateBus) -> None:
-    original = asyncio.BaseEventLoop.subprocess_exec
+    original = Child.start.__func__  # type: ignore[attr-defined]
 
-    async def subprocess_exec(self: Any, factory: Any, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("env", {}).get("GHIT_WORK_AGENT") == "a":
+    def start(cls: type[Child], argv: Any, cwd: Any, env: Mapping[str, str]) -> Child:
+        if env.get("GHIT_WORK_AGENT") == "a":
             raise Injected("injected fault")
-        return await original(self, factory, *args, **kwargs)
+        return original(cls, argv, cwd, env)  # type: ignore[no-any-return]
 
-    monkeypatch.setattr(asyncio.BaseEventLoop, "subprocess_exec", subprocess_exec)
+    monkeypatch.setattr(Child, "start", classmethod(start))
 
 
 def _output(monkeypatch: pytest.MonkeyPatch, bus: StateBus) -> None:

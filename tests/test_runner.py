@@ -337,3 +337,74 @@ def test_a_run_cancelled_during_the_drain_still_ends_what_it_left(tmp_path: Path
 
     leftover = asyncio.run(main())
     poll(lambda: not _alive(leftover), timeout=5, what="the leftover to get SIGTERM")
+
+
+def test_the_agent_starts_at_start_before_the_runs_task_has_run(tmp_path: Path) -> None:
+    """The agent is started where its run is decided (system/process.py): it is running,
+    with its prompt, while the loop has not yet given `run()` a turn."""
+    run = invocation(tmp_path, "import sys; open('got', 'w').write(sys.stdin.read())")
+
+    async def scenario() -> RunResult:
+        run.start()
+        assert run.pid is not None  # started synchronously, no await in between
+        deadline = asyncio.get_running_loop().time() + 15
+        while not (tmp_path / "got").exists() or not (tmp_path / "got").read_text():
+            assert asyncio.get_running_loop().time() < deadline, "the agent never ran"
+            await asyncio.sleep(0.01)
+        return await run.run()
+
+    result = asyncio.run(scenario())
+    assert result.ok and (tmp_path / "got").read_text() == "hello prompt\n"
+
+
+def test_a_prompt_larger_than_the_pipe_arrives_whole(tmp_path: Path) -> None:
+    prompt = "".join(f"line {i}\n" for i in range(400_000))  # 4.6 MB: written as it is read
+    code = "import sys, time; time.sleep(0.2); open('got', 'w').write(sys.stdin.read())"
+    result = invoke(tmp_path, code, prompt=prompt)
+    assert result.ok and (tmp_path / "got").read_text() == prompt
+
+
+def test_an_agent_that_exits_without_reading_a_large_prompt_is_its_own_status(
+    tmp_path: Path,
+) -> None:
+    result, seen = contained(tmp_path, "import sys; sys.exit(3)", prompt="x" * 1_000_000)
+    assert result.returncode == 3 and result.fault is None and seen == []
+
+
+def test_without_pidfd_a_thread_sees_the_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old kernel or a sandbox without pidfd_open: the run still ends with its status."""
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    code = "import sys; print(sys.stdin.read().strip()); sys.exit(4)"
+    lines: list[str] = []
+    result = invoke(tmp_path, code, forward=lambda _stream, line: lines.append(line))
+    assert result.returncode == 4 and lines == ["hello prompt"]
+
+
+def test_an_agent_whose_run_never_began_is_ended_not_orphaned(tmp_path: Path) -> None:
+    """The run's task was cancelled before its first turn: the agent `start()` started is
+    stopped, and once it has exited its group is forgotten and its pipes closed."""
+    gone: list[int] = []
+    run = invocation(tmp_path, SLEEPER, on_gone=gone.append)
+
+    async def scenario() -> int:
+        run.start()
+        assert run.pid is not None
+        task = asyncio.ensure_future(run.run())
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        run.abandon()
+        deadline = asyncio.get_running_loop().time() + 15
+        while not gone:
+            assert asyncio.get_running_loop().time() < deadline, "the agent was not ended"
+            await asyncio.sleep(0.01)
+        return run.pid
+
+    pid = asyncio.run(scenario())
+    assert gone == [pid] and not _alive(pid)

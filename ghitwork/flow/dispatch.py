@@ -197,7 +197,16 @@ class Dispatcher:
             finally:
                 self.running.pop(key, None)
 
-        return reactivex.from_future(asyncio.ensure_future(run()))
+        if spec.setup is None:
+            invocation.start()  # now, not when the task first runs: before the bookkeeping
+        task = asyncio.ensure_future(run())
+
+        def ended(task: asyncio.Future[RunResult]) -> None:
+            if task.cancelled():  # before it began (its subscription disposed): not orphaned
+                invocation.abandon()
+
+        task.add_done_callback(ended)
+        return reactivex.from_future(task)
 
     def _forwarder(self, name: str) -> Callable[[str, str], None]:
         def forward(stream: str, line: str) -> None:

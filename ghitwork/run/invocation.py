@@ -5,7 +5,8 @@ the background may hold stdout open for hours. After the exit its output is read
 PIPE_GRACE seconds more; then whatever is left in its process group gets SIGTERM, and SIGKILL
 KILL_GRACE seconds later, while the agent's next batch is already free to start.
 
-stdout and stderr arrive through one protocol (no reader task per pipe), are archived to
+The agent is started by `start()`, where the run is decided, not when `run()`'s task first
+runs; stdout and stderr are read by the loop (system/process.py; no task per pipe), archived to
 `logdir` when set and searched line by line (output.py); the ghit token is redacted from every
 byte ghit-work writes down.
 
@@ -36,6 +37,7 @@ from ghitwork.run.spec import fault_text
 from ghitwork.system.children import marked
 from ghitwork.system.groups import KILL_GRACE as KILL_GRACE
 from ghitwork.system.groups import signal_group, terminate_group
+from ghitwork.system.process import Child
 
 PIPE_GRACE = 2.0  # how long output is still read after the agent exited
 
@@ -52,41 +54,6 @@ class Why(enum.Enum):
     TIMEOUT = "timed out"
     STALL = "stalled"
     FAULT = "ghit-work failed watching it"  # the run's `fault` says how
-
-
-class _Protocol(asyncio.SubprocessProtocol):
-    def __init__(
-        self,
-        streams: dict[int, Stream],
-        loop: asyncio.AbstractEventLoop,
-        failed: Callable[[str, BaseException], None],
-    ) -> None:
-        self.streams = streams
-        self.failed = failed
-        self.broken = False  # reading failed once: the rest is read and dropped
-        self.exited: asyncio.Future[None] = loop.create_future()
-        self.closed: dict[int, asyncio.Future[None]] = {fd: loop.create_future() for fd in streams}
-        self.last_output = time.monotonic()
-
-    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
-        self.last_output = time.monotonic()
-        stream = self.streams.get(fd)
-        if stream is None or not isinstance(data, bytes) or self.broken:
-            return
-        try:
-            stream.chunk(data)
-        except Exception as error:  # its logdir, a pattern, the forward callback: the run's
-            self.broken = True
-            self.failed(f"reading its {stream.name}", error)
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        closed = self.closed.get(fd)
-        if closed is not None and not closed.done():
-            closed.set_result(None)
-
-    def process_exited(self) -> None:
-        if not self.exited.done():
-            self.exited.set_result(None)
 
 
 class Invocation:
@@ -137,6 +104,15 @@ class Invocation:
         self._why: Why | None = None
         self._exited = False  # the agent process exited: the run has ended
         self._killer: asyncio.TimerHandle | None = None
+        self._started = 0.0  # time.time() of start()
+        self._logs: LogFiles | None = None
+        self._findings = Findings()
+        self._streams: dict[int, Stream] = {}
+        self._child: Child | None = None
+        self._early: RunResult | None = None  # it could not start: the run's result
+        self._watched = False  # run() has taken over from start()
+        self._broken = False  # reading its output failed once: the rest is read and dropped
+        self.last_output = time.monotonic()
 
     def terminate(self, why: Why) -> None:
         """SIGTERM to the agent's process group, SIGKILL after KILL_GRACE. Once the agent
@@ -166,26 +142,99 @@ class Invocation:
             self.fault = f"{stage}: {fault_text(error)}"
         self.terminate(Why.FAULT)
 
-    async def run(self) -> RunResult:
-        """The run's result; never raises (but for cancellation): see the module's doc."""
-        started = time.time()
-        logs: LogFiles | None = None
+    def start(self) -> None:
+        """Start the agent now, where the run is decided, not when `run()`'s task first
+        runs (system/process.py); never raises: a failure becomes the run's result."""
+        if self._started:
+            return
+        self._started = started = time.time()
         if self.logdir is not None:
             try:
-                logs = LogFiles.create(self.logdir, self.agent, started)
-                write_atomic(logs.path("prompt"), Redactor(self.secrets).text(self.prompt).encode())
+                self._logs = LogFiles.create(self.logdir, self.agent, started)
+                prompt = Redactor(self.secrets).text(self.prompt).encode()
+                write_atomic(self._logs.path("prompt"), prompt)
             except OSError as error:  # SPEC §11: ghit-work's own fault, outcome error
                 why = f"cannot write logs in {self.logdir}: {error.strerror or error}"
-                return self._result(started, fault=why)
+                self._early = self._result(fault=why)
+                return
             except Exception as error:
-                return self._result(started, fault=f"writing its prompt: {fault_text(error)}")
+                self._early = self._result(fault=f"writing its prompt: {fault_text(error)}")
+                return
+        self._early = self._spawn()
+
+    def _spawn(self) -> RunResult | None:
+        logs, files = self._logs, self._logs.all if self._logs else ()
+        if not self.workdir.is_dir():
+            return self._result(error=f"workdir {self.workdir} does not exist", log_files=files)
+        streams = self._streams
         try:
-            result, tally = await self._run(started, logs)
+            for fd, name in ((1, "stdout"), (2, "stderr")):
+                sink = open(logs.path(name), "wb") if logs else None  # noqa: SIM115 Stream.close
+                streams[fd] = Stream(
+                    name, sink, Redactor(self.secrets), self.patterns, self._findings, self.forward
+                )
+            # recognisable from its first instruction (children.py)
+            self._child = child = Child.start(self.argv, self.workdir, marked(self.env))
+        except OSError as error:
+            self._close()
+            if error.errno == errno.E2BIG:  # its argv and environment: a value the OS refuses
+                fault = f"starting {self.argv[0]}: {fault_text(error)}"
+                return self._result(fault=fault, log_files=files)
+            error_text = _cannot_start(self.argv[0], error)  # not found, not executable...
+            return self._result(error=error_text, log_files=files)
+        except Exception as error:  # a value the OS refuses (a NUL byte), a bug: nothing runs
+            self._close()
+            fault = f"starting {self.argv[0]}: {fault_text(error)}"
+            return self._result(fault=fault, log_files=files)
+        self.pid = child.pid
+        try:
+            if self.on_start is not None:
+                self.on_start(self.pid)
+            child.watch(self._output, self.prompt.encode())
+            self.prompt = ""  # not held while the run lasts (a batch of thousands: megabytes)
+        except Exception as error:
+            self._failed("starting it", error)
+        return None
+
+    def _output(self, fd: int, data: bytes) -> None:
+        self.last_output = time.monotonic()
+        stream = self._streams.get(fd)
+        if stream is None or self._broken:
+            return
+        try:
+            stream.chunk(data)
+        except Exception as error:  # its logdir, a pattern, the forward callback: the run's
+            self._broken = True
+            self._failed(f"reading its {stream.name}", error)
+
+    def abandon(self) -> None:
+        """`run()` will not run (its task was cancelled before it began): the agent started
+        is stopped, and once it has exited, what it left is ended and its pipes closed."""
+        child = self._child
+        if self._watched or child is None:
+            return
+        self.terminate(Why.STOPPING)
+
+        def ended(_: object) -> None:
+            self._exited = True
+            if self._killer is not None:
+                self._killer.cancel()
+            self._finish(child)
+
+        child.exited.add_done_callback(ended)
+
+    async def run(self) -> RunResult:
+        """The run's result; never raises (but for cancellation): see the module's doc."""
+        self.start()
+        self._watched = True
+        if self._early is not None:
+            return self._early
+        logs = self._logs
+        try:
+            result, tally = await self._run()
         except Exception as error:  # _run has ended the agent before raising
             self._failed("running it", error)
-            return self._result(
-                started, pid=self.pid, fault=self.fault, log_files=logs.all if logs else ()
-            )
+            return self._result(pid=self.pid, fault=self.fault, log_files=logs.all if logs else ())
         if self.pricing is not None:
             try:
                 charged = self.pricing.charge(self.agent, tally, result.session_id, result.ended)
@@ -201,12 +250,12 @@ class Invocation:
                 result = replace(result, fault=result.fault or fault)
         return result
 
-    def _result(self, started: float, **fields: object) -> RunResult:
+    def _result(self, **fields: object) -> RunResult:
         return RunResult(
             agent=self.agent,
             event_ids=self.event_ids,
             command=self.argv,
-            started=started,
+            started=self._started,
             ended=time.time(),
             resumed=self.resumed,
             attempt=self.attempt,
@@ -215,70 +264,23 @@ class Invocation:
             **fields,  # type: ignore[arg-type]
         )
 
-    async def _run(self, started: float, logs: LogFiles | None) -> tuple[RunResult, Tally]:
-        files = logs.all if logs else ()
-        if not self.workdir.is_dir():
-            error = f"workdir {self.workdir} does not exist"
-            return self._result(started, error=error, log_files=files), Tally()
-        findings = Findings()
-        streams: dict[int, Stream] = {}
-        try:
-            for fd, name in ((1, "stdout"), (2, "stderr")):
-                sink = open(logs.path(name), "wb") if logs else None  # noqa: SIM115 Stream.close
-                streams[fd] = Stream(
-                    name, sink, Redactor(self.secrets), self.patterns, findings, self.forward
-                )
-        except Exception as error:
-            self._close(streams)
-            fault = f"opening its logs: {fault_text(error)}"
-            return self._result(started, fault=fault, log_files=files), findings.tally
-        loop = asyncio.get_running_loop()
-        try:
-            transport, protocol = await loop.subprocess_exec(
-                lambda: _Protocol(streams, loop, self._failed),
-                *self.argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=self.workdir,
-                env=marked(self.env),  # recognisable from its first instruction (children.py)
-                start_new_session=True,
-            )
-        except OSError as error:
-            self._close(streams)
-            if error.errno == errno.E2BIG:  # its argv and environment: a value the OS refuses
-                fault = f"starting {self.argv[0]}: {fault_text(error)}"
-                return self._result(started, fault=fault, log_files=files), findings.tally
-            error_text = _cannot_start(self.argv[0], error)  # not found, not executable...
-            return self._result(started, error=error_text, log_files=files), findings.tally
-        except Exception as error:  # a value the OS refuses (a NUL byte), a bug: nothing runs
-            self._close(streams)
-            fault = f"starting {self.argv[0]}: {fault_text(error)}"
-            return self._result(started, fault=fault, log_files=files), findings.tally
-        self.pid = transport.get_pid()
-        try:
-            if self.on_start is not None:
-                self.on_start(self.pid)
-            stdin = transport.get_pipe_transport(0)
-            if isinstance(stdin, asyncio.WriteTransport):
-                stdin.write(self.prompt.encode())
-                stdin.close()  # after the buffered prompt is written: the agent sees EOF
-            self.prompt = ""  # not held while the run lasts (a batch of thousands: megabytes)
-        except Exception as error:
-            self._failed("starting it", error)
+    async def _run(self) -> tuple[RunResult, Tally]:
+        child, streams, findings = self._child, self._streams, self._findings
+        assert child is not None  # start() started it, or its result is _early
+        files = self._logs.all if self._logs else ()
         if self._why is not None:
             self.terminate(self._why)
         try:
-            await self._watch(protocol)
+            await self._watch(child)
         except asyncio.CancelledError:
             self.terminate(Why.STOPPING)
-            await asyncio.shield(protocol.exited)
+            await asyncio.shield(child.exited)
             self._exited = True
-            self._finish(loop, transport, streams)
+            self._finish(child)
             raise
         except Exception as error:  # watching it failed: it is ended all the same
             self._failed("watching it", error)
-            await asyncio.shield(protocol.exited)  # SIGKILL comes KILL_GRACE after SIGTERM
+            await asyncio.shield(child.exited)  # SIGKILL comes KILL_GRACE after SIGTERM
         finally:
             self._exited = True
             if self._killer is not None:
@@ -287,10 +289,10 @@ class Invocation:
         # for a moment, then end whatever it left behind in its group.
         ended = time.time()
         try:
-            await asyncio.wait(list(protocol.closed.values()), timeout=PIPE_GRACE)
+            await asyncio.wait(list(child.closed.values()), timeout=PIPE_GRACE)
         finally:  # (cancelled too: what it left is ended, its files closed)
-            self._finish(loop, transport, streams)
-        code = transport.get_returncode()
+            self._finish(child)
+        code = child.returncode
         why = self._why
         failed = not (code == 0 and why is None)
         quota = None
@@ -300,7 +302,7 @@ class Invocation:
             agent=self.agent,
             event_ids=self.event_ids,
             command=self.argv,
-            started=started,
+            started=self._started,
             ended=ended,
             pid=self.pid,
             returncode=code if code is not None and code >= 0 else None,
@@ -326,38 +328,36 @@ class Invocation:
         )
         return result, findings.tally
 
-    def _finish(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        transport: asyncio.SubprocessTransport,
-        streams: dict[int, Stream],
-    ) -> None:
+    def _finish(self, child: Child) -> None:
         """After the agent's exit: what it left is ended, its pipes and files closed."""
         try:
-            self._end_leftovers(loop)
+            self._end_leftovers()
         except Exception as error:
             self._failed("ending what it left running", error)
-        transport.close()
-        self._close(streams)
+        try:
+            child.close()
+        except Exception as error:
+            self._failed("closing its pipes", error)
+        self._close()
 
-    def _close(self, streams: dict[int, Stream]) -> None:
-        for stream in streams.values():
+    def _close(self) -> None:
+        for stream in self._streams.values():
             try:
                 stream.close()
             except Exception as error:
                 self._failed(f"closing its {stream.name}", error)
 
-    async def _watch(self, protocol: _Protocol) -> None:
+    async def _watch(self, child: Child) -> None:
         """Until the agent process exits, ending it when it runs past `timeout` or prints
         nothing for `stall_timeout`."""
         began = time.monotonic()
-        while not protocol.exited.done():
+        while not child.exited.done():
             deadlines: list[tuple[float, Why]] = []
             if self._why is None:
                 if self.timeout is not None:
                     deadlines.append((began + self.timeout, Why.TIMEOUT))
                 if self.stall_timeout is not None:
-                    deadlines.append((protocol.last_output + self.stall_timeout, Why.STALL))
+                    deadlines.append((self.last_output + self.stall_timeout, Why.STALL))
             wait = None
             if deadlines:
                 due, why = min(deadlines, key=lambda deadline: deadline[0])
@@ -365,9 +365,9 @@ class Invocation:
                 if wait <= 0:
                     self.terminate(why)
                     continue
-            await asyncio.wait([protocol.exited], timeout=wait)
+            await asyncio.wait([child.exited], timeout=wait)
 
-    def _end_leftovers(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _end_leftovers(self) -> None:
         """SIGTERM what is left of the run's process group; SIGKILL it KILL_GRACE later."""
         pgid = self.pid
         if pgid is not None:
