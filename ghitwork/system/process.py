@@ -12,6 +12,7 @@ for it, as asyncio's own child watcher does).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import threading
@@ -96,7 +97,8 @@ class Child:
 
     def _wait(self) -> None:
         self._proc.wait()
-        self._loop.call_soon_threadsafe(self._exit)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits now
+            self._loop.call_soon_threadsafe(self._exit)
 
     def _exit(self) -> None:
         if not self.exited.done():
