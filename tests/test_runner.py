@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import re
 import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import poll
+from rxfakes import agent_config
 
+from ghitwork.config.model import Config
+from ghitwork.flow.dispatch import Dispatcher
 from ghitwork.model import usage
 from ghitwork.model.results import RunResult
 from ghitwork.model.usage import Pricing
@@ -21,7 +28,7 @@ from ghitwork.run import invocation as runner
 from ghitwork.run.archive import Redactor
 from ghitwork.run.invocation import Invocation, Why
 from ghitwork.run.output import Patterns
-from ghitwork.run.spec import agent_environment
+from ghitwork.run.spec import RunSpec, agent_environment
 
 
 def invocation(tmp_path: Path, code: str, **kwargs: object) -> Invocation:
@@ -408,3 +415,91 @@ def test_an_agent_whose_run_never_began_is_ended_not_orphaned(tmp_path: Path) ->
 
     pid = asyncio.run(scenario())
     assert gone == [pid] and not _alive(pid)
+
+
+def test_an_agent_whose_exit_cannot_be_watched_is_killed_and_reaped_not_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of descriptors and of threads (EMFILE, then no thread for the fallback): the
+    agent already started is killed and waited for, and the run is a fault."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    class Recorded(subprocess.Popen[bytes]):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    result = invoke(tmp_path, "import time; time.sleep(30)")
+    assert result.fault == f"starting {sys.executable}: RuntimeError: can't start new thread"
+    assert [child.returncode for child in started] == [-signal.SIGKILL]
+
+
+def test_a_workdir_it_may_not_enter_is_the_runs_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def is_dir(self: Path) -> bool:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    run = invocation(tmp_path, "print(1)")
+    run.start()  # never raises: the dispatcher calls it where the run is decided
+    result = asyncio.run(run.run())
+    assert result.error == f"workdir {tmp_path}: Permission denied" and result.pid is None
+
+
+def test_the_prompt_is_let_go_once_written_by_the_child_too(tmp_path: Path) -> None:
+    """The writer's last slice of the prompt still refers to all of it: it is let go."""
+    run = invocation(tmp_path, "import sys, time; sys.stdin.read(); time.sleep(60)")
+
+    async def scenario() -> int:
+        run.start()
+        child = run._child
+        assert child is not None
+        deadline = asyncio.get_running_loop().time() + 15
+        while child._proc.stdin is not None and not child._proc.stdin.closed:
+            assert asyncio.get_running_loop().time() < deadline, "the prompt was never written"
+            await asyncio.sleep(0.01)
+        held = len(child._input.obj)  # type: ignore[arg-type]
+        run.terminate(Why.STOPPING)
+        await run.run()
+        return held
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_a_run_whose_subscription_goes_before_its_task_began_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    """The dispatcher starts the agent at `launch`; the run's subscription disposed before
+    its task's first turn (the task cancelled): the agent is ended and the run forgotten."""
+    agent = agent_config("a")
+    dispatcher = Dispatcher(Config(path=tmp_path / "x.toml", agents=(agent,)), lambda _: None, {})
+    spec = RunSpec(
+        argv=(sys.executable, "-c", "import time; time.sleep(60)"),
+        prompt="",
+        env=dict(os.environ),
+        event_ids=(1,),
+        workdir=tmp_path,
+    )
+
+    async def scenario() -> int | None:
+        run = dispatcher.launch(agent, spec)
+        pid = dispatcher.running[("a", "")].pid  # started already, before any await
+        run.subscribe().dispose()  # cancels the run's task before its first turn
+        deadline = asyncio.get_running_loop().time() + 15
+        while dispatcher.running or (pid is not None and _alive(pid)):
+            assert asyncio.get_running_loop().time() < deadline, "the agent or its run stayed"
+            await asyncio.sleep(0.01)
+        return pid
+
+    pid = asyncio.run(scenario())
+    assert pid is not None and not _alive(pid)

@@ -164,46 +164,40 @@ class Dispatcher:
         spec = replace(spec, prompt="")  # the invocation has it, until it is written
 
         async def run() -> RunResult:
+            fault = None
             try:
                 if spec.setup is not None:
-                    failed = await self.workspaces.make(self.agents.get(config.name), config, spec)
-                    if failed is not None:
-                        return RunResult.of_fault(
-                            config.name,
-                            invocation.event_ids,
-                            invocation.argv,
-                            time.time(),
-                            failed,
-                            resumed=spec.resumed,
-                            attempt=invocation.attempt,
-                            conversation=spec.conversation,
-                        )
-                result = await invocation.run()
-                if result.charge is not None:
-                    self.ledger.apply(result.charge)  # once; the journal writes it with the end
-                return result
+                    fault = await self.workspaces.make(self.agents.get(config.name), config, spec)
+                if fault is None:
+                    result = await invocation.run()
+                    if result.charge is not None:
+                        self.ledger.apply(result.charge)  # once; the journal writes it at the end
+                    return result
             except Exception as error:  # that run's fault, never the pipeline's
-                return RunResult.of_fault(
-                    config.name,
-                    invocation.event_ids,
-                    invocation.argv,
-                    time.time(),
-                    fault_text(error),
-                    pid=invocation.pid,
-                    resumed=spec.resumed,
-                    attempt=invocation.attempt,
-                    conversation=spec.conversation,
-                )
+                fault = fault_text(error)
             finally:
                 self.running.pop(key, None)
+            return RunResult.of_fault(
+                config.name,
+                invocation.event_ids,
+                invocation.argv,
+                time.time(),
+                fault,
+                pid=invocation.pid,
+                resumed=spec.resumed,
+                attempt=invocation.attempt,
+                conversation=spec.conversation,
+            )
 
         if spec.setup is None:
             invocation.start()  # now, not when the task first runs: before the bookkeeping
         task = asyncio.ensure_future(run())
 
         def ended(task: asyncio.Future[RunResult]) -> None:
-            if task.cancelled():  # before it began (its subscription disposed): not orphaned
-                invocation.abandon()
+            if task.cancelled():  # perhaps before it began (its subscription disposed)
+                invocation.abandon()  # then its agent is ended, not orphaned
+                if self.running.get(key) is invocation:
+                    del self.running[key]
 
         task.add_done_callback(ended)
         return reactivex.from_future(task)

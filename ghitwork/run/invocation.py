@@ -37,7 +37,7 @@ from ghitwork.run.spec import fault_text
 from ghitwork.system.children import marked
 from ghitwork.system.groups import KILL_GRACE as KILL_GRACE
 from ghitwork.system.groups import signal_group, terminate_group
-from ghitwork.system.process import Child
+from ghitwork.system.process import Child, cannot_start
 
 PIPE_GRACE = 2.0  # how long output is still read after the agent exited
 
@@ -147,7 +147,15 @@ class Invocation:
         runs (system/process.py); never raises: a failure becomes the run's result."""
         if self._started:
             return
-        self._started = started = time.time()
+        self._started = time.time()
+        try:
+            self._start()
+        except Exception as error:  # a bug: nothing was started (Child.start cleans up)
+            self._close()
+            self._early = self._result(fault=f"starting it: {fault_text(error)}")
+
+    def _start(self) -> None:
+        started = self._started
         if self.logdir is not None:
             try:
                 self._logs = LogFiles.create(self.logdir, self.agent, started)
@@ -164,8 +172,12 @@ class Invocation:
 
     def _spawn(self) -> RunResult | None:
         logs, files = self._logs, self._logs.all if self._logs else ()
-        if not self.workdir.is_dir():
-            return self._result(error=f"workdir {self.workdir} does not exist", log_files=files)
+        try:
+            missing, why = not self.workdir.is_dir(), f"workdir {self.workdir} does not exist"
+        except OSError as error:  # a directory on its path it may not enter
+            missing, why = True, f"workdir {self.workdir}: {error.strerror or error}"
+        if missing:
+            return self._result(error=why, log_files=files)
         streams = self._streams
         try:
             for fd, name in ((1, "stdout"), (2, "stderr")):
@@ -180,7 +192,7 @@ class Invocation:
             if error.errno == errno.E2BIG:  # its argv and environment: a value the OS refuses
                 fault = f"starting {self.argv[0]}: {fault_text(error)}"
                 return self._result(fault=fault, log_files=files)
-            error_text = _cannot_start(self.argv[0], error)  # not found, not executable...
+            error_text = cannot_start(self.argv[0], error)  # not found, not executable...
             return self._result(error=error_text, log_files=files)
         except Exception as error:  # a value the OS refuses (a NUL byte), a bug: nothing runs
             self._close()
@@ -190,6 +202,9 @@ class Invocation:
         try:
             if self.on_start is not None:
                 self.on_start(self.pid)
+        except Exception as error:
+            self._failed("starting it", error)
+        try:  # its output is read, whatever else failed
             child.watch(self._output, self.prompt.encode())
             self.prompt = ""  # not held while the run lasts (a batch of thousands: megabytes)
         except Exception as error:
@@ -380,11 +395,3 @@ class Invocation:
             self.on_gone(pgid)
         except Exception as error:  # later than the result: kept on the invocation
             self.fault = self.fault or f"forgetting its process group: {fault_text(error)}"
-
-
-def _cannot_start(command: str, error: OSError) -> str:
-    if isinstance(error, FileNotFoundError):
-        return f"command not found: {command}"
-    if isinstance(error, PermissionError):
-        return f"permission denied: {command}"
-    return f"cannot start {command}: {error.strerror or error}"

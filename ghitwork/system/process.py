@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -55,8 +56,20 @@ class Child:
             start_new_session=True,
         )
         child = cls(proc, loop)
-        child._watch_exit()  # first, and it cannot fail: whatever comes next, its exit is seen
+        try:
+            child._watch_exit()  # first: whatever comes next, its exit is seen
+        except BaseException:  # no descriptor, no thread left: it is not left running unseen
+            child._discard()
+            raise
         return child
+
+    def _discard(self) -> None:
+        with contextlib.suppress(OSError):
+            os.killpg(self.pid, signal.SIGKILL)
+        for pipe in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        self._proc.wait()
 
     @property
     def returncode(self) -> int | None:
@@ -86,8 +99,10 @@ class Child:
         try:
             self._pidfd = os.pidfd_open(self.pid)
             self._loop.add_reader(self._pidfd, self._reaped)
-        except Exception:  # no pidfd here (an old kernel, a sandbox): a thread waits
-            self._stop_pidfd()
+        except Exception:  # no pidfd here (an old kernel, a sandbox, EMFILE): a thread waits
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
             threading.Thread(target=self._wait, name=f"wait {self.pid}", daemon=True).start()
 
     def _reaped(self) -> None:
@@ -152,6 +167,7 @@ class Child:
         self._close_stdin()
 
     def _close_stdin(self) -> None:
+        self._input = memoryview(b"")  # an empty slice still holds the whole prompt
         stdin = self._proc.stdin
         if stdin is None or stdin.closed:
             return
@@ -159,3 +175,12 @@ class Child:
             self._writing = False
             self._loop.remove_writer(stdin.fileno())
         stdin.close()
+
+
+def cannot_start(command: str, error: OSError) -> str:
+    """Why `command` could not start, in a line."""
+    if isinstance(error, FileNotFoundError):
+        return f"command not found: {command}"
+    if isinstance(error, PermissionError):
+        return f"permission denied: {command}"
+    return f"cannot start {command}: {error.strerror or error}"
