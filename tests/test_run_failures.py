@@ -117,6 +117,33 @@ def test_a_batch_failing_twice_succeeds_at_its_third_attempt_with_later_events(
     assert "queued -> working, batch of 2 events [1-2]; attempt 2/3" in daemon.text
 
 
+def test_an_ignored_sigchld_inherited_from_the_parent_does_not_hide_exit_statuses(
+    setup: Setup,
+) -> None:
+    """A supervisor that starts ghit-work with SIGCHLD ignored would have the kernel reap its
+    agents before their status is read: ghit-work sets it back, so a run that failed is told
+    from one that did not, and retried."""
+    configure(setup, follow=False, run_backoff="0.2s", run_attempts=2, env={"FAIL_RUNS": "1"})
+    write_events(setup.events, [event(1)])
+
+    def ignore_sigchld() -> None:
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+    result = subprocess.run(
+        [GHIT_WORK, "--drain"],
+        cwd=setup.path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=ignore_sigchld,  # the test's own child, before any thread
+    )
+    assert result.returncode == 0, result.stderr
+    assert "agent a: working -> retrying, exit 1 after" in result.stderr, result.stderr
+    assert "agent a: working -> idle, exit 0 after" in result.stderr, result.stderr
+    assert [run["attempt"] for run in runs(setup)] == [1, 2]
+
+
 def test_a_json_status_line_tells_attempt_and_due_time(setup: Setup) -> None:
     configure(setup, follow=False, run_backoff="0.2s", run_attempts=2, env={"FAIL_RUNS": "1"})
     write_events(setup.events, [event(1)])

@@ -19,6 +19,7 @@ import pytest
 from conftest import poll
 from rxfakes import agent_config
 
+from ghitwork.app import runtime
 from ghitwork.config.model import Config
 from ghitwork.flow.dispatch import Dispatcher
 from ghitwork.model import usage
@@ -503,3 +504,18 @@ def test_a_run_whose_subscription_goes_before_its_task_began_leaves_nothing_behi
 
     pid = asyncio.run(scenario())
     assert pid is not None and not _alive(pid)
+
+
+def test_an_exit_status_reaped_by_the_kernel_is_unknown_not_a_success(tmp_path: Path) -> None:
+    """SIGCHLD ignored (inherited from whatever started ghit-work): the kernel reaps the
+    agent and no status is left. The run says 255, as asyncio did, never a 0 it did not see;
+    and ghit-work sets SIGCHLD back to the default at its start."""
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        result = invoke(tmp_path, "import sys; sys.exit(3)")
+        assert result.returncode == 255 and not result.ok
+        runtime.watch_children()  # what the daemon does first (outside a loop here)
+        assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+        assert invoke(tmp_path, "import sys; sys.exit(3)").returncode == 3
+    finally:
+        signal.signal(signal.SIGCHLD, previous)

@@ -116,7 +116,7 @@ class Daemon:
 
     # -- lifecycle
     async def run(self) -> Exit:
-        runtime.use_pidfd_child_watcher()
+        runtime.watch_children()
         runtime.tune_gc()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

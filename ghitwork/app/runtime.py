@@ -9,6 +9,7 @@ import gc
 import logging
 import os
 import resource
+import signal
 import sys
 import threading
 import traceback
@@ -35,9 +36,14 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG, middle, old)
 
 
-def use_pidfd_child_watcher() -> None:
-    """On Python 3.11 asyncio starts a thread per child process to wait for it; a pidfd
-    watcher waits in the loop itself (the default from 3.12 on). Agents start often."""
+def watch_children() -> None:
+    """Each child's exit status is ghit-work's to read. An ignored SIGCHLD, inherited from
+    whatever started ghit-work, has the kernel reap every child at once: no status is left,
+    and a run that failed could not be told from one that exited 0. It is set back to the
+    default. Then, on Python 3.11, asyncio's own children (tail-events) are waited for by a
+    pidfd watcher in the loop instead of a thread per child (the default from 3.12 on)."""
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     if sys.version_info >= (3, 12) or not hasattr(asyncio, "PidfdChildWatcher"):
         return
     try:

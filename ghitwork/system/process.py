@@ -69,7 +69,7 @@ class Child:
         for pipe in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
             if pipe is not None:
                 pipe.close()
-        self._proc.wait()
+        self._collect()
 
     @property
     def returncode(self) -> int | None:
@@ -107,13 +107,23 @@ class Child:
 
     def _reaped(self) -> None:
         self._stop_pidfd()
-        self._proc.wait()  # at once: the pidfd is readable once the process has exited
+        self._collect()  # at once: the pidfd is readable once the process has exited
         self._exit()
 
     def _wait(self) -> None:
-        self._proc.wait()
+        self._collect()
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits now
             self._loop.call_soon_threadsafe(self._exit)
+
+    def _collect(self) -> None:
+        """Its exit status. One reaped by another (SIGCHLD ignored: app/runtime.py sets it
+        back) left none: 255, as asyncio says, where `Popen.wait` would say 0, a success."""
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            self._proc.returncode = 255
+        else:
+            self._proc.returncode = os.waitstatus_to_exitcode(status)
 
     def _exit(self) -> None:
         if not self.exited.done():
