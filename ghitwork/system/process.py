@@ -34,8 +34,7 @@ class Child:
         self._loop = loop
         self.pid = proc.pid
         self.exited: asyncio.Future[None] = loop.create_future()
-        self.closed: dict[int, asyncio.Future[None]] = {1: loop.create_future()}
-        self.closed[2] = loop.create_future()
+        self.closed: dict[int, asyncio.Future[None]] = {fd: loop.create_future() for fd in (1, 2)}
         self._pipes: dict[int, IO[bytes] | None] = {1: proc.stdout, 2: proc.stderr}
         self._pidfd: int | None = None
         self._input = memoryview(b"")
