@@ -39,7 +39,11 @@ def poll(check: Callable[[], T | None], timeout: float = 15.0, what: str = "cond
 
 
 def ghit_work(
-    *args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 60
+    *args: str,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+    **options: Any,  # more of subprocess.run's (umask, preexec_fn)
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [GHIT_WORK, *args],
@@ -49,6 +53,7 @@ def ghit_work(
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        **options,
     )
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
-from conftest import GHIT_WORK, Running, Setup, event, fill, ghit_work, poll, write_events
+from conftest import Running, Setup, event, fill, ghit_work, poll, write_events
 
 from ghitwork.observe import snapshot
 from ghitwork.observe.dashboard import DashboardModel
@@ -190,15 +189,7 @@ def test_state_dir_and_logdir_are_owner_only_whatever_the_umask(setup: Setup) ->
     logdir = setup.path / "logs" / "a"
     setup.write_config({"a": {"logdir": str(logdir)}}, state_dir=str(state_dir))
     write_events(setup.events, [event(1), event(2)])
-    result = subprocess.run(
-        [GHIT_WORK, "--drain"],
-        cwd=setup.path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        umask=0,
-    )
+    result = ghit_work("--drain", cwd=setup.path, umask=0)
     assert result.returncode == 0, result.stderr
     assert setup.delivered("a") == [1, 2]
     made = [state_dir, setup.path / "logs"]

@@ -129,15 +129,7 @@ def test_an_ignored_sigchld_inherited_from_the_parent_does_not_hide_exit_statuse
     def ignore_sigchld() -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)
 
-    result = subprocess.run(
-        [GHIT_WORK, "--drain"],
-        cwd=setup.path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        preexec_fn=ignore_sigchld,  # the test's own child, before any thread
-    )
+    result = ghit_work("--drain", cwd=setup.path, preexec_fn=ignore_sigchld)
     assert result.returncode == 0, result.stderr
     assert "agent a: working -> retrying, exit 1 after" in result.stderr, result.stderr
     assert "agent a: working -> idle, exit 0 after" in result.stderr, result.stderr
