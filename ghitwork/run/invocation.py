@@ -112,7 +112,7 @@ class Invocation:
         self._early: RunResult | None = None  # it could not start: the run's result
         self._watched = False  # run() has taken over from start()
         self._broken = False  # reading its output failed once: the rest is read and dropped
-        self.last_output = time.monotonic()
+        self._last_output = time.monotonic()
 
     def terminate(self, why: Why) -> None:
         """SIGTERM to the agent's process group, SIGKILL after KILL_GRACE. Once the agent
@@ -149,26 +149,24 @@ class Invocation:
             return
         self._started = time.time()
         try:
-            self._start()
+            self._early = self._start()
         except Exception as error:  # a bug: nothing was started (Child.start cleans up)
             self._close()
             self._early = self._result(fault=f"starting it: {fault_text(error)}")
 
-    def _start(self) -> None:
-        started = self._started
+    def _start(self) -> RunResult | None:
+        """The run's result when it cannot start; None once the agent is running."""
         if self.logdir is not None:
             try:
-                self._logs = LogFiles.create(self.logdir, self.agent, started)
+                self._logs = LogFiles.create(self.logdir, self.agent, self._started)
                 prompt = Redactor(self.secrets).text(self.prompt).encode()
                 write_atomic(self._logs.path("prompt"), prompt)
             except OSError as error:  # SPEC §11: ghit-work's own fault, outcome error
                 why = f"cannot write logs in {self.logdir}: {error.strerror or error}"
-                self._early = self._result(fault=why)
-                return
+                return self._result(fault=why)
             except Exception as error:
-                self._early = self._result(fault=f"writing its prompt: {fault_text(error)}")
-                return
-        self._early = self._spawn()
+                return self._result(fault=f"writing its prompt: {fault_text(error)}")
+        return self._spawn()
 
     def _spawn(self) -> RunResult | None:
         logs, files = self._logs, self._logs.all if self._logs else ()
@@ -185,7 +183,10 @@ class Invocation:
                 streams[fd] = Stream(
                     name, sink, Redactor(self.secrets), self.patterns, self._findings, self.forward
                 )
-            # recognisable from its first instruction (children.py)
+        except Exception as error:  # not the command's doing: ghit-work's own fault
+            self._close()
+            return self._result(fault=f"opening its logs: {fault_text(error)}", log_files=files)
+        try:  # recognisable from its first instruction (children.py)
             self._child = child = Child.start(self.argv, self.workdir, marked(self.env))
         except OSError as error:
             self._close()
@@ -212,7 +213,7 @@ class Invocation:
         return None
 
     def _output(self, fd: int, data: bytes) -> None:
-        self.last_output = time.monotonic()
+        self._last_output = time.monotonic()
         stream = self._streams.get(fd)
         if stream is None or self._broken:
             return
@@ -372,7 +373,7 @@ class Invocation:
                 if self.timeout is not None:
                     deadlines.append((began + self.timeout, Why.TIMEOUT))
                 if self.stall_timeout is not None:
-                    deadlines.append((self.last_output + self.stall_timeout, Why.STALL))
+                    deadlines.append((self._last_output + self.stall_timeout, Why.STALL))
             wait = None
             if deadlines:
                 due, why = min(deadlines, key=lambda deadline: deadline[0])
