@@ -24,6 +24,8 @@ from typing import Any
 import jsonschema
 import pytest
 from conftest import Running, Setup, event, ghit_work, poll, write_events
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rxfakes import agent_config, events_routed
@@ -55,7 +57,7 @@ from ghitwork.model.redact import Redactor
 from ghitwork.model.results import RunResult
 from ghitwork.model.usage import Charge, Usage, day_of
 from ghitwork.observe import snapshot
-from ghitwork.observe.agents import IDLE_KEPT
+from ghitwork.observe.agents import IDLE_KEPT, _Agent
 from ghitwork.observe.dashboard import MAX_IDLE, DashboardModel
 from ghitwork.observe.lines import describe
 from ghitwork.observe.status import StatusWriter
@@ -849,3 +851,51 @@ def test_a_conversation_queued_without_a_read_becomes_the_most_recently_active()
         T39: ("queued", 1),
         T41: ("queued", 1),
     }
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["grow", "idle", "queued", "working"]),
+            st.integers(0, 60),  # which thread
+            st.integers(0, 3),  # how many events (0: a dead letter's empty hand-back)
+        ),
+        max_size=120,
+    )
+)
+def test_a_routed_event_grows_its_conversation_as_conversation_and_changed_do(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """`_Agent.grew` (the catch-up's path for every conversation of every read) leaves the
+    agent as `conversation` + `changed` would: the same conversations in the same order of
+    recency, the same counts of states, the same quiet ones (so the same are forgotten
+    beyond MAX_IDLE) and the same queues."""
+    fast, slow = (_Agent("a", AgentState.IDLE, NOW, config=agent_config("a")) for _ in "ab")
+    for at, (step, thread, count) in enumerate(steps, start=1):
+        key = f"thread:teams/t/r/{thread}"
+        if step == "grow":
+            fast.grew(key, count, NOW + at)
+            found = slow.conversation(key, NOW + at)
+            found.queue += count
+            found.active = NOW + at
+            slow.changed(found)
+            continue
+        state = {"idle": AgentState.IDLE, "queued": AgentState.QUEUED}.get(step)
+        for current in (fast, slow):
+            found = current.conversation(key, NOW + at)
+            found.state = state or AgentState.WORKING
+            found.queue = 0 if state is AgentState.IDLE else found.queue
+            current.changed(found)
+    for current in (fast, slow):
+        current.settle(NOW + len(steps) + 1)
+
+    def kept(current: _Agent) -> tuple[object, ...]:
+        shown = [
+            (c.key, c.state, c.queue, c.active, c.counted) for c in current.conversations.values()
+        ]
+        counts = {state: n for state, n in current.states.items() if n}
+        return shown, counts, list(current.quiet), current.state
+
+    assert kept(fast) == kept(slow)
+    assert len(fast.quiet) <= MAX_IDLE

@@ -346,16 +346,19 @@ class Slots:
 
                 def on_next(request: Request[_T]) -> None:
                     agent, runs = request
+                    waiting = None
                     for run in runs:
                         if not self._count and self._free() and self._agent_free(agent):
                             start(agent, run)
                             continue
-                        waiting = self._waiting.get(agent)
                         if waiting is None:
-                            waiting = self._waiting[agent] = deque()
+                            waiting = self._waiting.get(agent)
+                            if waiting is None:
+                                waiting = self._waiting[agent] = deque()
                         waiting.append((self._arrivals, functools.partial(start, agent, run)))
                         self._arrivals += 1
                         self._count += 1
+                    if waiting is not None:  # once, not per run: the oldest first, theirs last
                         self._start_waiting()
 
                 def on_completed() -> None:

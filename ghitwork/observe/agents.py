@@ -158,6 +158,27 @@ class _Agent:
             found.shown = None
         return found
 
+    def grew(self, key: str, count: int, at: float) -> None:
+        """`count` events were queued in `key` (made when new) at `at`: its queue grows and
+        it is now the most recently active. What `conversation` and `changed` do, for the
+        one change a routed event makes (its state is the same, it is not quiet any more):
+        a catch-up in thread mode does this for every conversation of every read."""
+        conversations = self.conversations
+        found = conversations.pop(key, None)
+        if found is None:
+            found = _Conversation(key, self.resting, at, usage=self.usage.get(key, NO_USAGE))
+            self.states[found.state] = self.states.get(found.state, 0) + 1
+            found.counted = found.state
+        else:
+            found.shown = None
+        conversations[key] = found
+        found.queue += count
+        found.active = at
+        if found.queue and found.counted is found.state:
+            self.quiet.pop(key, None)
+        else:  # nothing queued after all, or a state not counted yet: as `changed` says
+            self.changed(found)
+
     def recall(self, keys: Sequence[str], at: float) -> None:
         """Threads it worked on before the restart (`keys`, the most recently used last, as
         state_dir keeps them: their usage, their sessions), those it does not show yet: in

@@ -108,12 +108,9 @@ class _DashboardState:
         now, not at the next state change."""
         now = self._routed_at = self.clock()
         for name, counts in added:
-            current = self._agent(name)
+            current = self._agent(name)  # its view is made again
             for key, count in counts:
-                found = current.conversation(key, now)
-                found.queue += count
-                found.active = now
-                current.changed(found)
+                current.grew(key, count, now)
 
     def _configure(self, config: Config, at: float) -> None:
         self.config = config
