@@ -23,7 +23,7 @@ class Seen:
         return "notice"
 
 
-class Special(Notice):
+class Special(Notice, frozen=True, kw_only=True):
     """A subtype of a registered Change type."""
 
 

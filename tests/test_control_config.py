@@ -4,11 +4,11 @@ each mistake one line naming the file and the key."""
 from __future__ import annotations
 
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import GHIT_WORK
+from msgspec.structs import replace
 
 from ghitwork.app import checks
 from ghitwork.config.load import load_config

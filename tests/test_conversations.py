@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 import reactivex
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 from reactivex import Observable
 from reactivex.subject import Subject
 from reactivex.testing import TestScheduler

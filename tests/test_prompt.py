@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ghitwork.config.load import load_config
+from ghitwork.config.model import ConfigError
 from ghitwork.config.prompt import DEFAULT_TEMPLATE, default, file_template, inline_template
 from ghitwork.model.events import Decoder, Event, objects
 
@@ -141,3 +143,31 @@ def test_events_parsed_for_the_fields_a_template_reads_render_as_whole_ones(
             return f"{type(error).__name__}: {error}"
 
     assert render(objects(events, template.fields)) == render(objects(events))
+
+
+def test_the_built_in_template_is_compiled_on_first_use_and_a_configs_at_load(
+    tmp_path: Path,
+) -> None:
+    """Compiling the built-in template was a tenth of the start-up: it waits for its first
+    use, or for `Config.compile_templates` (the daemon's, once tail-events is started). A
+    template of the config is compiled at load, so its errors stop the start."""
+    default.cache_clear()
+    path = tmp_path / "ghit-work.toml"
+    path.write_text(
+        '[ghit-work]\ntail_cmd = ["true"]\n'
+        '[agents.a]\ncmd = ["true"]\nusername = "a"\n'
+        'event_scopes = ["team:ghit"]\nevent_kinds = ["reply-created"]\n'
+        '[agents.b]\ncmd = ["true"]\nusername = "b"\n'
+        'event_scopes = ["team:ghit"]\nevent_kinds = ["reply-created"]\n'
+        'agent_prompt = "{% for e in events %}{{ e.id }}{% endfor %}"\n'
+    )
+    config = load_config(path)
+    a, b = config.agents
+    assert a.prompt is default() and "template" not in vars(a.prompt)
+    assert "template" in vars(b.prompt) and b.prompt.fields == frozenset({"id"})
+    config.compile_templates()
+    compiled = vars(a.prompt)
+    assert isinstance(compiled["template"], jinja2.Template) and "fields" in compiled
+    path.write_text(path.read_text().replace("{% endfor %}", ""))
+    with pytest.raises(ConfigError, match="agent_prompt"):
+        load_config(path)

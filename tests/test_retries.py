@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 from reactivex.testing import TestScheduler
 from rxfakes import FakeAgents, Run, agent_config, ev, run_flow
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from unittest.mock import MagicMock
 
 from asciimatics.screen import Canvas, Screen
+from msgspec.structs import replace
 from rxfakes import agent_config, events_routed
 
 from ghitwork.bus.changes import (

@@ -7,7 +7,8 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping
-from dataclasses import replace
+
+from msgspec.structs import replace
 
 from ghitwork.bus.changes import Level, StateBus
 from ghitwork.config.model import Config, ConfigError, command_problems

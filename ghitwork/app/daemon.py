@@ -272,6 +272,8 @@ class Daemon:
             fail=lambda error: self.fatal("event reader", error),
         )
         source_task = asyncio.ensure_future(source.run())
+        # While tail-events starts: the templates not compiled at load (the built-in one).
+        asyncio.get_running_loop().call_soon(self.config.compile_templates)
         stop_task = asyncio.ensure_future(self._stop_requested.wait())
         await asyncio.wait([source_task, stop_task], return_when=asyncio.FIRST_COMPLETED)
         if stop_task.done():

@@ -9,10 +9,10 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
+import msgspec
 from reactivex.subject import Subject
 
 from ghitwork.config.model import Config
@@ -47,13 +47,14 @@ def _now() -> float:
     return time.time()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Change:
-    at: float = field(default_factory=_now)
+class Change(msgspec.Struct, frozen=True, kw_only=True):
+    """A change of state (subclasses say which): a frozen, keyword-only value (a msgspec
+    Struct, as every value of ghit-work: docs/design.md, "Values are msgspec Structs")."""
+
+    at: float = msgspec.field(default_factory=_now)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AgentChanged(Change):
+class AgentChanged(Change, frozen=True, kw_only=True):
     """A conversation of an agent moved between states other than through a run (queued,
     throttled, ...). With `conversations = "agent"` the agent's one conversation is `""`,
     and its state is the agent's."""
@@ -70,8 +71,7 @@ class AgentChanged(Change):
     waiting: tuple[Event, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConversationsQueued(Change):
+class ConversationsQueued(Change, frozen=True, kw_only=True):
     """Conversations of one agent that the events of one read queued, waiting for a slot:
     for each, what an AgentChanged to `queued` says (`each`). One change per agent and read,
     not one per conversation: thread mode's catch-up queues thousands of conversations a
@@ -95,8 +95,7 @@ class ConversationsQueued(Change):
             )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunStarted(Change):
+class RunStarted(Change, frozen=True, kw_only=True):
     agent: str
     old: AgentState
     event_ids: tuple[int, ...]
@@ -111,8 +110,7 @@ class RunStarted(Change):
     conversation: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunFinished(Change):
+class RunFinished(Change, frozen=True, kw_only=True):
     """A run ended, and what becomes of its batch: done, retried (`retry`, due at
     `retry_at`), or a dead letter."""
 
@@ -128,8 +126,7 @@ class RunFinished(Change):
     conversation: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkspaceChanged(Change):
+class WorkspaceChanged(Change, frozen=True, kw_only=True):
     """A conversation's workspace (SPEC §12) was set up (`ready`), used by a run (`used`), or
     removed after `workspace_keep` of idleness (`ready` false)."""
 
@@ -140,8 +137,7 @@ class WorkspaceChanged(Change):
     used: float | None = None  # when a run of it last ended
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AgentPaused(Change):
+class AgentPaused(Change, frozen=True, kw_only=True):
     """An agent was paused (`paused`) or resumed, by `by` ("ghit-work pause", "the
     dashboard", "http 127.0.0.1", "its --for ran out"); durable (SPEC §13)."""
 
@@ -154,8 +150,7 @@ class AgentPaused(Change):
     restored: bool = False  # a pause kept in state_dir, in force again at start (not new)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class QuotaChanged(Change):
+class QuotaChanged(Change, frozen=True, kw_only=True):
     """An account's usage limit was reached (`until`: when it resets, jitter included) or
     its window is over (`until` None); every agent of `agents` waits for it (SPEC §14)."""
 
@@ -169,33 +164,29 @@ class QuotaChanged(Change):
     restored: bool = False  # kept in state_dir, in force again at start (not new)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UsageLoaded(Change):
+class UsageLoaded(Change, frozen=True, kw_only=True):
     """Token use and cost kept in state_dir, at start: per agent all-time and per day."""
 
     totals: Mapping[str, Usage]
     days: Mapping[str, Mapping[str, Usage]]
     # per agent, per conversation (SPEC §12; `""` is the agent's own conversation)
-    conversations: Mapping[str, Mapping[str, Usage]] = field(default_factory=dict)
+    conversations: Mapping[str, Mapping[str, Usage]] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SessionsLoaded(Change):
+class SessionsLoaded(Change, frozen=True, kw_only=True):
     """The session ids kept in state_dir, at start: per agent, per conversation (`""` is the
     agent's own), the session each one's next batch resumes."""
 
     sessions: Mapping[str, Mapping[str, str]]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeadLettersLoaded(Change):
+class DeadLettersLoaded(Change, frozen=True, kw_only=True):
     """The dead letters kept in state_dir, at start."""
 
     letters: tuple[DeadLetter, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeadLettersRedelivered(Change):
+class DeadLettersRedelivered(Change, frozen=True, kw_only=True):
     """Dead letters handed back to their agents (by `ghit-work redeliver` or the TUI)."""
 
     letters: tuple[DeadLetter, ...]
@@ -208,15 +199,13 @@ Route = tuple[Event, tuple[str, ...]]  # an event and the agents it went to (may
 Delivery = tuple[str, tuple[tuple[str, tuple[Event, ...]], ...]]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EventsRestored(Change):
+class EventsRestored(Change, frozen=True, kw_only=True):
     """Saved events queued again at start, per agent (enabled or not): how many."""
 
     counts: Mapping[str, int]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EventsRouted(Change):
+class EventsRouted(Change, frozen=True, kw_only=True):
     """The events of one read from the stream, in order, each with the agents it went to;
     and, per agent, which of its conversations they went to (what queues grow)."""
 
@@ -224,37 +213,32 @@ class EventsRouted(Change):
     deliveries: tuple[Delivery, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EventSkipped(Change):
+class EventSkipped(Change, frozen=True, kw_only=True):
     """Malformed output from tail-events, reported and skipped."""
 
     malformed: Malformed
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SourceStarted(Change):
+class SourceStarted(Change, frozen=True, kw_only=True):
     pid: int
     argv: tuple[str, ...]
     cursor: int | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SourceExited(Change):
+class SourceExited(Change, frozen=True, kw_only=True):
     status: int | None  # None: it could not start at all
     reason: str  # last stderr line, or why it could not start
     expected: bool = False  # ghit-work stopped or restarted it
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SourceRetry(Change):
+class SourceRetry(Change, frozen=True, kw_only=True):
     delay: float
     used: float  # seconds of the retry window used so far
     window: float
     reason: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Notice(Change):
+class Notice(Change, frozen=True, kw_only=True):
     """Anything else worth a status line: reloads, stderr of tail-events, agent output."""
 
     level: Level
@@ -264,15 +248,13 @@ class Notice(Change):
     conversation: str = ""  # the agent's conversation it concerns (SPEC §12), if one
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StopRequested(Change):
+class StopRequested(Change, frozen=True, kw_only=True):
     """A stop began (SIGTERM, SIGINT, `q`): from now on the instance is not healthy."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConfigApplied(Change):
+class ConfigApplied(Change, frozen=True, kw_only=True):
     """The config in force: at start and after each successful reload."""
 
     config: Config

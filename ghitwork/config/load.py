@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import msgspec
 
 from ghitwork.config import prompt
 from ghitwork.config.model import (
@@ -82,8 +82,7 @@ AGENT_KEYS = {
 }
 
 
-@dataclass(frozen=True)
-class _Defaults:
+class _Defaults(msgspec.Struct, frozen=True):
     """What [ghit-work] sets for every agent that does not set it itself."""
 
     prompt: PromptTemplate

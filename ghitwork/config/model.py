@@ -1,4 +1,4 @@
-"""The configuration as frozen dataclasses (config/load.py reads and validates the file).
+"""The configuration as frozen values, msgspec Structs (config/load.py reads and checks the file).
 
 Every mistake raises ConfigError naming the file and the key path, so the command line can
 print one line such as `ghit-work.toml: agents.codex.cmd: expected a non-empty list of strings`.
@@ -7,15 +7,17 @@ The checks themselves are in configread.py.
 
 from __future__ import annotations
 
-import difflib
+import contextlib
 import functools
 import os
 import re
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
+
+import msgspec
+from msgspec.structs import replace
 
 from ghitwork.config import prompt
 from ghitwork.config.prompt import PromptTemplate
@@ -46,8 +48,7 @@ class ConfigError(Exception):
         return f"{where}: {self.message}"
 
 
-@dataclass(frozen=True, eq=False)
-class AgentConfig:
+class AgentConfig(msgspec.Struct, frozen=True, eq=False, dict=True):
     name: str
     cmd: tuple[str, ...]
     username: str
@@ -59,7 +60,7 @@ class AgentConfig:
     enabled: bool = True
     resume_cmd: tuple[str, ...] | None = None
     session_id_pattern: re.Pattern[str] | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = msgspec.field(default_factory=dict)
     timeout: float | None = None
     budget: Budget | None = None
     run_attempts: int = DEFAULT_RUN_ATTEMPTS
@@ -128,8 +129,7 @@ NOTIFY_CAUSES = (
 )
 
 
-@dataclass(frozen=True)
-class Notify:
+class Notify(msgspec.Struct, frozen=True):
     """One `[[notify]]` table (SPEC §13): where (an Apprise URL), on what, for which agents
     (None: every agent; causes without an agent, like the stream's, always)."""
 
@@ -141,11 +141,10 @@ class Notify:
         return cause in self.on and (self.agents is None or agent is None or agent in self.agents)
 
 
-@dataclass(frozen=True, eq=False)
-class Config:
+class Config(msgspec.Struct, frozen=True, eq=False):
     path: Path
     agents: tuple[AgentConfig, ...]
-    prompt: PromptTemplate = field(default_factory=prompt.default)
+    prompt: PromptTemplate = msgspec.field(default_factory=prompt.default)
     retry: float = DEFAULT_RETRY
     limit: int = 0
     tail_cmd: tuple[str, ...] = DEFAULT_TAIL_CMD
@@ -171,6 +170,13 @@ class Config:
             if agent.name == name:
                 return agent
         return None
+
+    def compile_templates(self) -> None:
+        """Compile the templates left for their first use (the built-in one: the daemon
+        calls this once tail-events is started). One that fails is its run's error."""
+        for agent in self.agents:
+            with contextlib.suppress(Exception):
+                agent.prompt.compiled()
 
     def with_overrides(
         self, retry: float | None, limit: int | None, http: str | None = None
@@ -300,5 +306,7 @@ def kind_of(value: object) -> str:
 
 
 def close_match(name: str, allowed: set[str]) -> str:
+    import difflib  # only for a misspelt key: not on every start
+
     match = difflib.get_close_matches(name, sorted(allowed), n=1)
     return f" (did you mean {match[0]!r}?)" if match else f" (known: {', '.join(sorted(allowed))})"

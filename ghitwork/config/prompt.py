@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import msgspec
 from jinja2 import nodes
 
 DEFAULT_TEMPLATE = """\
@@ -72,31 +73,46 @@ def _file_environment(directory: Path) -> jinja2.Environment:
     return _environment(jinja2.FileSystemLoader(str(directory)))
 
 
-@dataclass(frozen=True, eq=False)
-class PromptTemplate:
-    """A compiled template and where it came from (for messages)."""
+class PromptTemplate(msgspec.Struct, frozen=True, eq=False, dict=True):
+    """A template's source, where it came from (for messages), and the environment it is
+    compiled in: compiled on first use (`inline_template` and `file_template` use it at
+    once, so a config's template errors are found at load; the built-in one, known good,
+    waits for the daemon's first idle moment: its compiling was a tenth of the start-up)."""
 
     origin: str
-    template: jinja2.Template
-    # The event fields the template reads, when it reads them only by name (`fields_read`):
-    # a batch's events are then parsed for those fields alone. None: parsed whole.
-    fields: frozenset[str] | None = None
+    source: str
+    environment: jinja2.Environment
+
+    @functools.cached_property
+    def template(self) -> jinja2.Template:
+        return self.environment.from_string(self.source)
+
+    @functools.cached_property
+    def fields(self) -> frozenset[str] | None:
+        """The event fields the template reads, when it reads them only by name
+        (`fields_read`): a batch's events are then parsed for those fields alone. None:
+        parsed whole."""
+        return fields_read(self.environment.parse(self.source))
 
     def render(self, context: Mapping[str, Any]) -> str:
         return self.template.render(context)
 
+    def compiled(self) -> PromptTemplate:
+        """Itself, compiled (raises what compiling raises)."""
+        _ = self.template, self.fields
+        return self
+
 
 def inline_template(source: str, origin: str) -> PromptTemplate:
     """Compile `source`; raises jinja2.TemplateSyntaxError."""
-    return PromptTemplate(origin, _INLINE.from_string(source), fields_read(_INLINE.parse(source)))
+    return PromptTemplate(origin, source, _INLINE).compiled()
 
 
 def file_template(path: Path) -> PromptTemplate:
     """Compile the template in `path` (includes resolve beside it); raises OSError or
     jinja2.TemplateError."""
     source = path.read_text(encoding="utf-8")
-    env = _file_environment(path.parent)
-    return PromptTemplate(str(path), env.from_string(source), fields_read(env.parse(source)))
+    return PromptTemplate(str(path), source, _file_environment(path.parent)).compiled()
 
 
 # What a template may do with `events` besides looping over it: the same for any objects.
@@ -202,8 +218,9 @@ CONTEXT = (
 
 @lru_cache(maxsize=1)
 def default() -> PromptTemplate:
-    """The built-in template, compiled on first use (not at import: start-up matters)."""
-    return inline_template(DEFAULT_TEMPLATE, "built-in template")
+    """The built-in template, compiled on first use (not at import or load: start-up
+    matters; the daemon compiles it once tail-events is started, `compiled()`)."""
+    return PromptTemplate("built-in template", DEFAULT_TEMPLATE, _INLINE)
 
 
 def describe_error(error: Exception) -> str:

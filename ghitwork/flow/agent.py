@@ -14,9 +14,9 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from reactivex import Observable
 
 from ghitwork.bus.changes import (
@@ -53,8 +53,7 @@ def call_later(delay: float, action: Callable[[], None]) -> Callable[[], None]:
     return asyncio.get_running_loop().call_later(delay, action).cancel
 
 
-@dataclass(frozen=True)
-class Paused:
+class Paused(msgspec.Struct, frozen=True):
     """Why and until when an agent is paused (SPEC §13)."""
 
     reason: str = ""

@@ -12,10 +12,10 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import reactivex
+from msgspec.structs import replace
 from reactivex import Observable
 
 from ghitwork.bus.changes import (

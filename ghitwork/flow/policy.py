@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from ghitwork.config.model import AgentConfig
 from ghitwork.model.conversations import main_scope
@@ -79,8 +80,7 @@ def next_tries(tries: Tries, decision: Decision) -> Tries:
 
 
 # -- budgets: may a run start now?
-@dataclass(frozen=True, slots=True)
-class Throttle:
+class Throttle(msgspec.Struct, frozen=True):
     """No run before `until`, because of `budget` (named as the config names it)."""
 
     until: float

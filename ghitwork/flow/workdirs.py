@@ -8,8 +8,9 @@ It knows its agent through `Owner`, a few attributes, not the Agent class.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Protocol
+
+import msgspec
 
 from ghitwork.bus.changes import Change, WorkspaceChanged
 from ghitwork.config.model import AgentConfig
@@ -21,8 +22,7 @@ from ghitwork.model.results import RunResult
 Teardown = Callable[[AgentConfig, str, str, Callable[[bool], None]], None]
 
 
-@dataclass
-class Workspace:
+class Workspace(msgspec.Struct):
     """A conversation's own workdir, made for it (SPEC §12)."""
 
     path: str

@@ -3,16 +3,14 @@ carries."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
+class Done(msgspec.Struct, frozen=True):
     """The batch was handled: forget it."""
 
 
-@dataclass(frozen=True, slots=True)
-class Retry:
+class Retry(msgspec.Struct, frozen=True):
     """Run the batch again after `delay` seconds, as attempt `attempt`."""
 
     delay: float
@@ -20,23 +18,20 @@ class Retry:
     rate_limited: bool
 
 
-@dataclass(frozen=True, slots=True)
-class GiveUp:
+class GiveUp(msgspec.Struct, frozen=True):
     """The batch becomes a dead letter."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class NeedsInput:
+class NeedsInput(msgspec.Struct, frozen=True):
     """The run asked a human (SPEC §13): the batch is handled, the conversation waits for
     its next event, or `ghit-work resume`."""
 
     question: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Quota:
+class Quota(msgspec.Struct, frozen=True):
     """The account's usage limit is reached until `until` (SPEC §14): the batch waits, with
     every agent of the account, and no attempt is used."""
 
@@ -46,8 +41,7 @@ class Quota:
 Decision = Done | Retry | GiveUp | NeedsInput | Quota
 
 
-@dataclass(frozen=True, slots=True)
-class Tries:
+class Tries(msgspec.Struct, frozen=True):
     """Where a batch stands: the attempt that just ran, and how many rate-limited retries it
     has had (they do not use up attempts, but they do grow the backoff)."""
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
+
+import msgspec
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -75,8 +76,7 @@ def format_duration(seconds: float) -> str:
 MAX_BUDGET_RUNS = 1000  # run start times kept per agent cover any budget up to this
 
 
-@dataclass(frozen=True, slots=True)
-class Budget:
+class Budget(msgspec.Struct, frozen=True):
     """At most `runs` invocations start in any rolling `window` seconds."""
 
     runs: int
@@ -119,8 +119,7 @@ def _window(text: str, shown: str, example: str, unit: str) -> float:
 MAX_SPEND_WINDOW = 31 * 86400.0  # spend is remembered this long (usage.SPEND_HORIZON)
 
 
-@dataclass(frozen=True, slots=True)
-class SpendBudget:
+class SpendBudget(msgspec.Struct, frozen=True):
     """At most `amount` USD (`cost_budget`) or tokens (`token_budget`) in any rolling
     `window` seconds."""
 

@@ -13,8 +13,9 @@ import functools
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple, TypedDict
+
+import msgspec
 
 MAX_OBJECT_BYTES = 64 * 1024 * 1024  # an event line (or pretty-printed object) up to 64 MiB
 _ID = re.compile(rb'"id"\s*:\s*(-?\d+)')
@@ -130,8 +131,7 @@ def _routing_decoder() -> Any:
     return msgspec.json.Decoder(list[Routing])
 
 
-@dataclass(frozen=True, slots=True)
-class Malformed:
+class Malformed(msgspec.Struct, frozen=True):
     """Output that is not an event, with the reason and its first bytes."""
 
     reason: str

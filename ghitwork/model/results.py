@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
+
+import msgspec
 
 from ghitwork.model.durations import format_duration
 from ghitwork.model.usage import Charge, Usage
 
 
-@dataclass(frozen=True, slots=True)
-class RunResult:
+class RunResult(msgspec.Struct, frozen=True):
     """How an invocation ended. A failure is a value, never an exception."""
 
     agent: str

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
+
+import msgspec
+from msgspec.structs import replace
 
 GROUPS = ("input_tokens", "output_tokens", "cached_tokens", "cost_usd")
 SPEND_HORIZON = 31 * 86400.0  # spend budgets look back at most this far
@@ -37,8 +39,7 @@ def parse_number(text: str) -> float | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(msgspec.Struct, frozen=True):
     input_tokens: int = 0  # cached ones included
     output_tokens: int = 0
     cached_tokens: int = 0  # the part of input_tokens served from a cache
@@ -97,8 +98,7 @@ class Usage:
 NO_USAGE = Usage()
 
 
-@dataclass(frozen=True, slots=True)
-class Price:
+class Price(msgspec.Struct, frozen=True):
     """USD per million tokens."""
 
     input: float
@@ -114,12 +114,11 @@ class Price:
         ) / 1e6
 
 
-@dataclass
-class Tally:
+class Tally(msgspec.Struct):
     """What the usage patterns matched in one run's output."""
 
-    sums: dict[str, float] = field(default_factory=dict)
-    lasts: dict[str, float] = field(default_factory=dict)
+    sums: dict[str, float] = msgspec.field(default_factory=dict)
+    lasts: dict[str, float] = msgspec.field(default_factory=dict)
 
     def add(self, match: re.Match[str]) -> None:
         for name, text in match.groupdict().items():
@@ -150,8 +149,7 @@ class Tally:
         return "cost_usd" in self.sums
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
+class Charge(msgspec.Struct, frozen=True):
     """One run's usage as the ledger keeps it (a journal record)."""
 
     agent: str
@@ -219,14 +217,15 @@ def charge(
     return Charge(agent, ended, day_of(ended), usage, session if total else None, total)
 
 
-@dataclass(frozen=True, slots=True)
-class Pricing:
+class Pricing(msgspec.Struct, frozen=True):
     """How a run's usage is reckoned (SPEC §9), as values taken when the run starts: the
     run computes its own charge from them, and the flow applies it to the ledger once."""
 
     totals: str = "run"
     price: Price | None = None
-    sessions: Mapping[str, Usage] = field(default_factory=dict)  # the agent's session totals
+    sessions: Mapping[str, Usage] = msgspec.field(
+        default_factory=dict
+    )  # the agent's session totals
     resumed: str | None = None  # the session the run resumes, if any
     conversation: str = ""
 
@@ -241,14 +240,17 @@ class Pricing:
         return replace(found, conversation=self.conversation)
 
 
-@dataclass
-class AgentLedger:
+class AgentLedger(msgspec.Struct):
     total: Usage = Usage()
     runs: int = 0
-    days: dict[str, Usage] = field(default_factory=dict)
-    sessions: dict[str, Usage] = field(default_factory=dict)  # insertion order: oldest first
-    recent: list[tuple[float, int, float]] = field(default_factory=list)  # (time, tokens, USD)
-    conversations: dict[str, Usage] = field(default_factory=dict)  # most recently used last
+    days: dict[str, Usage] = msgspec.field(default_factory=dict)
+    sessions: dict[str, Usage] = msgspec.field(
+        default_factory=dict
+    )  # insertion order: oldest first
+    recent: list[tuple[float, int, float]] = msgspec.field(
+        default_factory=list
+    )  # (time, tokens, USD)
+    conversations: dict[str, Usage] = msgspec.field(default_factory=dict)  # most recently used last
 
     def today(self, now: float) -> Usage:
         return self.days.get(day_of(now), Usage())

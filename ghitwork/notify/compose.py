@@ -11,9 +11,10 @@ from __future__ import annotations
 import functools
 import socket
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
 
 from ghitwork.bus.changes import AgentPaused, Notice, QuotaChanged
 from ghitwork.model.deadletter import DeadLetter
@@ -28,8 +29,7 @@ OWN = "(the agent's own)"  # the conversation `""` (SPEC §12), as shown
 INFO, SUCCESS, WARNING, FAILURE = "info", "success", "warning", "failure"
 
 
-@dataclass(frozen=True, slots=True)
-class Notification:
+class Notification(msgspec.Struct, frozen=True):
     """One notification, before it is sent to any target: redacted by the notifier."""
 
     cause: str  # one of config.model.NOTIFY_CAUSES

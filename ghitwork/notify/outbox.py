@@ -28,9 +28,10 @@ import itertools
 import json
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from ghitwork.system.files import make_dir, open_fd, write_all, write_atomic
 
@@ -46,8 +47,7 @@ def target_id(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
-@dataclass(slots=True)
-class Entry:
+class Entry(msgspec.Struct):
     """One notification for one target, as kept in the outbox."""
 
     id: int
@@ -61,7 +61,7 @@ class Entry:
     agent: str | None = None
     index: int = 0  # its target's place among the [[notify]] tables (an edited URL keeps it)
     # In memory only: failed attempts since this start
-    attempts: int = field(default=0, compare=False)
+    attempts: int = 0
 
     def record(self) -> dict[str, Any]:
         return {

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+
+import msgspec
 
 from ghitwork.bus.changes import (
     BATCH_SHOWN,
@@ -58,8 +59,7 @@ def _rank(state: AgentState) -> int:
 _QUIET = (AgentState.IDLE, AgentState.DISABLED)
 
 
-@dataclass(slots=True)
-class _Conversation:
+class _Conversation(msgspec.Struct):
     """One conversation of an agent, as the model keeps it (`ConversationView` shows it)."""
 
     key: str
@@ -100,8 +100,7 @@ class _Conversation:
         return self.shown
 
 
-@dataclass(slots=True)
-class _Agent:
+class _Agent(msgspec.Struct):
     """One agent as the model keeps it: what is its own (config, runs, dead letters, usage),
     its conversations, and its state as they sum it up (`AgentView` shows it)."""
 
@@ -109,15 +108,15 @@ class _Agent:
     state: AgentState
     since: float
     config: AgentConfig | None = None
-    runs: deque[RunResult] = field(default_factory=lambda: deque(maxlen=MAX_RUNS))
+    runs: deque[RunResult] = msgspec.field(default_factory=lambda: deque(maxlen=MAX_RUNS))
     dead_letters: tuple[DeadLetter, ...] = ()
     usage_total: Usage = NO_USAGE
     usage_today: Usage = NO_USAGE
     today: str = ""
     # Its conversations, the most recently active last.
-    conversations: dict[str, _Conversation] = field(default_factory=dict)
+    conversations: dict[str, _Conversation] = msgspec.field(default_factory=dict)
     # All-time usage per conversation (the ledger's, from UsageLoaded, then each charge).
-    usage: dict[str, Usage] = field(default_factory=dict)
+    usage: dict[str, Usage] = msgspec.field(default_factory=dict)
     # Events queued whose conversation is not known yet (saved ones queued again at start,
     # counted per agent), until a change of one of its conversations tells its queue.
     unplaced: int = 0
@@ -125,11 +124,11 @@ class _Agent:
     # How many of its conversations are in each state, and which are quiet (idle, nothing
     # queued; the agent's own aside), the least recently active first: kept as they change
     # (`changed`), so that summing up and forgetting cost the same however many it has.
-    states: dict[AgentState, int] = field(default_factory=dict)
-    quiet: dict[str, None] = field(default_factory=dict)
+    states: dict[AgentState, int] = msgspec.field(default_factory=dict)
+    quiet: dict[str, None] = msgspec.field(default_factory=dict)
     paused: AgentPaused | None = None  # SPEC §13: its pause, while it lasts
     quota: QuotaChanged | None = None  # SPEC §14: its account's closed window, while it lasts
-    days: dict[str, Usage] = field(default_factory=dict)  # usage per day, the last DAYS
+    days: dict[str, Usage] = msgspec.field(default_factory=dict)  # usage per day, the last DAYS
 
     @property
     def threads(self) -> bool:

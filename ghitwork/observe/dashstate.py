@@ -9,7 +9,8 @@ import inspect
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+
+from msgspec.structs import replace
 
 from ghitwork.bus.changes import (
     AgentState,

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from ghitwork.bus.changes import (
     Change,
@@ -30,12 +31,11 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
+class Line(msgspec.Struct, frozen=True):
     level: Level
     event: str  # a stable name for log shippers: agent.state, run.start, source.retry, ...
     message: str
-    fields: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 def count_events(count: int) -> str:

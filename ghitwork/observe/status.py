@@ -11,8 +11,9 @@ import json
 import sys
 import time
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 from typing import TextIO
+
+import msgspec
 
 from ghitwork.bus.changes import (
     Change,
@@ -158,8 +159,7 @@ class Repeats:
             self._flush(kind)
 
 
-@dataclass(slots=True)
-class _Repeated:
+class _Repeated(msgspec.Struct):
     since: float  # when the last line of this kind went out
     level: Level
     topic: str

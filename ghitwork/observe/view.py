@@ -4,8 +4,10 @@ snapshots that observe/dashboard.py's model hands out."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from datetime import datetime
+
+import msgspec
+from msgspec.structs import replace
 
 from ghitwork.bus.changes import AgentState
 from ghitwork.config.model import AgentConfig
@@ -16,8 +18,7 @@ from ghitwork.model.results import RunResult
 from ghitwork.model.usage import NO_USAGE, Usage
 
 
-@dataclass(frozen=True, slots=True)
-class EventLine:
+class EventLine(msgspec.Struct, frozen=True):
     id: int
     kind: str
     actor: str
@@ -32,8 +33,7 @@ class EventLine:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ConversationView:
+class ConversationView(msgspec.Struct, frozen=True):
     """One conversation of an agent (SPEC §12): `""` is the agent's own (the only one with
     `conversations = "agent"`), else a `thread:` scope. Its own state machine, queue,
     batch, attempt, session and usage; the agent's row (`AgentView`) sums them up."""
@@ -70,8 +70,7 @@ OWN_NAME = "(no thread)"  # how views name the agent's own conversation ("")
 DAYS = 14  # calendar days of usage a view carries per agent (today included)
 
 
-@dataclass(frozen=True, slots=True)
-class AgentView:
+class AgentView(msgspec.Struct, frozen=True):
     name: str
     state: AgentState
     since: float
@@ -116,8 +115,7 @@ class AgentView:
         return str(self.state)
 
 
-@dataclass(frozen=True, slots=True)
-class View:
+class View(msgspec.Struct, frozen=True):
     config_path: str = ""
     limit: int = 0
     retry: float = 0.0
@@ -180,7 +178,7 @@ def _redacted_conversation(
         changed["batch"] = batch
     if last is not None and (shown := _redacted_run(last, text)) is not last:
         changed["last_run"] = shown
-    return replace(conversation, **changed) if changed else conversation  # type: ignore[arg-type]
+    return replace(conversation, **changed) if changed else conversation
 
 
 def _redacted_run(run: RunResult, text: Callable[[str], str]) -> RunResult:
@@ -194,7 +192,7 @@ def _redacted_run(run: RunResult, text: Callable[[str], str]) -> RunResult:
     }
     changed = {key: text(value) for key, value in fields.items() if value}
     changed = {key: value for key, value in changed.items() if value != fields[key]}
-    return replace(run, **changed) if changed else run  # type: ignore[arg-type]
+    return replace(run, **changed) if changed else run
 
 
 def kind_and_title(event: Event | None) -> tuple[str, str]:

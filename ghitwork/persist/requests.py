@@ -30,8 +30,9 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from ghitwork.model.deadletter import DeadLetter
 from ghitwork.persist.lock import _reason
@@ -55,8 +56,7 @@ def request_control(state_dir: Path, kind: str, payload: dict[str, object]) -> P
     return path
 
 
-@dataclass(frozen=True, slots=True)
-class Control:
+class Control(msgspec.Struct, frozen=True):
     path: Path
     kind: str  # "pause" or "resume"
     data: dict[str, object]
@@ -105,8 +105,7 @@ def pending_controls(
     return controls
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(msgspec.Struct, frozen=True):
     path: Path
     ids: tuple[int, ...]
 

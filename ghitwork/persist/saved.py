@@ -11,10 +11,10 @@ import functools
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 from ghitwork.model.events import Event, event_of, parse_json
@@ -39,18 +39,17 @@ def loads(data: bytes) -> Any:
     return parse_json(data)
 
 
-@dataclass
-class SavedAgent:
+class SavedAgent(msgspec.Struct):
     # id -> the event object as loaded; when saving, the Event itself (written as printed)
-    pending: dict[int, dict[str, Any] | Event] = field(default_factory=dict)
-    inflight: set[int] = field(default_factory=set)  # handed to a run that did not finish
-    sessions: dict[str, str] = field(default_factory=dict)  # conversation -> session id
-    runs: list[float] = field(default_factory=list)  # start times, for run budgets
+    pending: dict[int, dict[str, Any] | Event] = msgspec.field(default_factory=dict)
+    inflight: set[int] = msgspec.field(default_factory=set)  # handed to a run that did not finish
+    sessions: dict[str, str] = msgspec.field(default_factory=dict)  # conversation -> session id
+    runs: list[float] = msgspec.field(default_factory=list)  # start times, for run budgets
     # conversation -> (path, last used): the workspaces made for conversations (SPEC §12)
-    workspaces: dict[str, tuple[str, float]] = field(default_factory=dict)
+    workspaces: dict[str, tuple[str, float]] = msgspec.field(default_factory=dict)
     # SPEC §13: its pause (reason, until, by, at), and its conversations waiting for a human
     paused: dict[str, Any] | None = None
-    asking: dict[str, str | None] = field(default_factory=dict)  # conversation -> question
+    asking: dict[str, str | None] = msgspec.field(default_factory=dict)  # conversation -> question
 
     @property
     def session_id(self) -> str | None:
@@ -58,14 +57,15 @@ class SavedAgent:
         return self.sessions.get("")
 
 
-@dataclass
-class Saved:
+class Saved(msgspec.Struct):
     cursor: int | None = None
-    agents: dict[str, SavedAgent] = field(default_factory=dict)
-    dead: dict[int, dict[str, Any]] = field(default_factory=dict)  # dead letter id -> record
+    agents: dict[str, SavedAgent] = msgspec.field(default_factory=dict)
+    dead: dict[int, dict[str, Any]] = msgspec.field(
+        default_factory=dict
+    )  # dead letter id -> record
     next_dead_letter: int = 1
-    ledger: Ledger = field(default_factory=Ledger)  # token use and cost
-    quotas: dict[str, float] = field(default_factory=dict)  # account -> closed until (§14)
+    ledger: Ledger = msgspec.field(default_factory=Ledger)  # token use and cost
+    quotas: dict[str, float] = msgspec.field(default_factory=dict)  # account -> closed until (§14)
 
     def agent(self, name: str) -> SavedAgent:
         return self.agents.setdefault(name, SavedAgent())

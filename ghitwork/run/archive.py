@@ -15,10 +15,11 @@ import json
 import os
 import signal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from ghitwork.model.formatting import iso
 from ghitwork.model.redact import Redactor as Redactor
@@ -33,8 +34,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     files.write_atomic(path, data)
 
 
-@dataclass
-class LogFiles:
+class LogFiles(msgspec.Struct):
     """The archive of one invocation: `<stamp>-<agent>.{prompt,stdout,stderr,json}`."""
 
     stem: Path

@@ -25,10 +25,10 @@ import errno
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 
-from ghitwork.model.quota import reset_at
+from msgspec.structs import replace
+
 from ghitwork.model.results import RunResult
 from ghitwork.model.usage import Pricing, Tally
 from ghitwork.run.archive import LogFiles, Redactor, record_of, write_atomic
@@ -313,6 +313,8 @@ class Invocation:
         failed = not (code == 0 and why is None)
         quota = None
         if failed and findings.reset:  # read against when it was printed, not the run's end
+            from ghitwork.model.quota import reset_at  # its regexes and zoneinfo: on first use
+
             quota = reset_at(findings.reset, findings.reset_read or ended)
         result = RunResult(
             agent=self.agent,

@@ -13,8 +13,9 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import IO
+
+import msgspec
 
 from ghitwork.model.usage import Tally, parse_number
 from ghitwork.run.archive import Redactor
@@ -24,8 +25,7 @@ MAX_LINE = 1024 * 1024  # longest line searched or forwarded; the rest of it is 
 OutputSink = Callable[[str, str], None]  # (stream name, line)
 
 
-@dataclass(frozen=True)
-class Patterns:
+class Patterns(msgspec.Struct, frozen=True):
     """What to look for in an agent's output."""
 
     session_id: re.Pattern[str] | None = None
@@ -34,14 +34,13 @@ class Patterns:
     needs_input: re.Pattern[str] | None = None
 
 
-@dataclass
-class Findings:
+class Findings(msgspec.Struct):
     """What the lines of one run said, over both streams."""
 
     session_id: str | None = None
     rate_limited: bool = False
     retry_after: float | None = None
-    tally: Tally = field(default_factory=Tally)
+    tally: Tally = msgspec.field(default_factory=Tally)
     needs_input: bool = False
     question: str | None = None  # the last match's `question` group (redacted)
     reset: str | None = None  # the rate limit's `reset` group: when the usage limit resets
@@ -49,8 +48,7 @@ class Findings:
     limit_line: str = ""  # the line the rate limit was read from (redacted)
 
 
-@dataclass
-class Stream:
+class Stream(msgspec.Struct):
     """One of a run's two output streams."""
 
     name: str
@@ -60,7 +58,7 @@ class Stream:
     findings: Findings
     forward: OutputSink | None
     last_line: str = ""
-    _partial: bytearray = field(default_factory=bytearray)
+    _partial: bytearray = msgspec.field(default_factory=bytearray)
     _overlong: bool = False  # the current line passed MAX_LINE: the rest of it is skipped
 
     def chunk(self, data: bytes) -> None:

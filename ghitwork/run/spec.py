@@ -5,8 +5,9 @@ batch and where the batch stands (its session, its attempt). The agent's state m
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from ghitwork.config import prompt
 from ghitwork.config.model import SCRUBBED_ENV, AgentConfig
@@ -30,8 +31,7 @@ def fault_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-@dataclass(frozen=True, slots=True)
-class RunSpec:
+class RunSpec(msgspec.Struct, frozen=True):
     argv: tuple[str, ...]
     prompt: str
     env: Mapping[str, str]

@@ -39,9 +39,10 @@ import json
 import os
 import signal
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+import msgspec
 
 from ghitwork.system.files import write_atomic
 from ghitwork.system.groups import KILL_GRACE, signal_group
@@ -94,8 +95,7 @@ def marked(env: Mapping[str, str]) -> dict[str, str]:
     return {**env, MARK: instance()}
 
 
-@dataclass(frozen=True, slots=True)
-class Group:
+class Group(msgspec.Struct, frozen=True):
     pgid: int
     start: int
     what: str
@@ -108,8 +108,7 @@ class Group:
         return f"{self.what} (pid {pids} in process group {self.pgid}, not a recorded group)"
 
 
-@dataclass(frozen=True, slots=True)
-class Stray:
+class Stray(msgspec.Struct, frozen=True):
     """A live process that carries an instance's mark."""
 
     pid: int

@@ -6,9 +6,9 @@ Tested headless on an asciimatics Canvas; ui.py owns the terminal, the keys and 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from asciimatics.screen import Screen
 
 from ghitwork.bus.changes import AgentState
@@ -42,11 +42,10 @@ HEALTH_COLOURS = {
 }
 
 
-@dataclass
-class UiState:
+class UiState(msgspec.Struct):
     selected: int = 0
     focus: int = 0
-    scroll: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PANES, 0))
+    scroll: dict[str, int] = msgspec.field(default_factory=lambda: dict.fromkeys(PANES, 0))
     filter: str = ""
     editing: bool = False
     expanded: bool = False

@@ -16,9 +16,9 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from asciimatics.effects import Effect
 from asciimatics.event import KeyboardEvent
 from asciimatics.scene import Scene
@@ -30,8 +30,7 @@ from ghitwork.tui.panes import PANES, UiState, render, selected
 TICK = 0.05  # seconds between input polls
 
 
-@dataclass
-class Controls:
+class Controls(msgspec.Struct):
     quit: Callable[[], None]
     terminate: Callable[[str], int | None]  # SIGTERM the agent's run; its pid, or None
     reload: Callable[[], None]
