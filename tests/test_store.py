@@ -495,7 +495,9 @@ def test_the_journal_remembers_a_bounded_number_of_session_ids_and_never_skips_a
 ) -> None:
     """It writes a conversation's session id only when it changed, so it remembers what it
     wrote, for the KEPT_SESSIONS most recent conversations only (thread mode: one per
-    thread). One it forgot is written again: a session cleared is never left unwritten."""
+    thread). One it forgot is written again: a session cleared is never left unwritten.
+    A conversation with no session costs nothing (SPEC §12): not remembered, not written,
+    until one with a session was forgotten."""
     monkeypatch.setattr(journal_module, "KEPT_SESSIONS", 2)
     store, saved, _ = opened(tmp_path)
     store.compact(saved)
@@ -515,8 +517,13 @@ def test_the_journal_remembers_a_bounded_number_of_session_ids_and_never_skips_a
         )
 
     async def scenario() -> None:  # the journal defers its fsyncs on the loop
+        for n in range(10, 20):
+            finished(f"thread:t/{n}", None)  # no session: nothing to write or remember
+        assert journal._sessions == {}
         finished("thread:t/1", "S1")
         finished("thread:t/1", "S1")  # unchanged: not written again
+        finished("thread:t/2", "S2")
+        finished("thread:t/2", None)  # cleared: written, and no longer remembered
         finished("thread:t/2", "S2")
         finished("thread:t/3", "S3")  # thread 1 is forgotten
         finished("thread:t/1", None)  # its session cleared: written all the same
@@ -533,6 +540,8 @@ def test_the_journal_remembers_a_bounded_number_of_session_ids_and_never_skips_a
     ]
     assert sessions == [
         ("thread:t/1", "S1"),
+        ("thread:t/2", "S2"),
+        ("thread:t/2", None),
         ("thread:t/2", "S2"),
         ("thread:t/3", "S3"),
         ("thread:t/1", None),

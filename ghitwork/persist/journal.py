@@ -53,9 +53,11 @@ class Journal:
         self._handle = handlers(vars(Journal)["_on"], self)
         self.queued = queued
         self.catching_up = catching_up  # tail-events has more output waiting
-        # (agent, conversation) -> the session id journaled last (None: none), the most
-        # recently used last, at most KEPT_SESSIONS: one not known is journaled again
-        self._sessions: dict[tuple[str, str], str | None] = {}
+        # (agent, conversation) -> the session id state_dir has for it, the most recently
+        # used last, at most KEPT_SESSIONS. One not here has none, until one was forgotten
+        # (`_forgot`): a conversation with no session costs nothing here (SPEC §12).
+        self._sessions: dict[tuple[str, str], str] = {}
+        self._forgot = False
         self._journaled = -1  # highest event id written to the journal
         self._sync_timer: asyncio.TimerHandle | None = None
         self._failing: str | None = None  # the write error reported, until a write succeeds
@@ -116,15 +118,17 @@ class Journal:
             self.store.record(asks)
         session, key = change.session_id, (change.agent, change.conversation)
         sessions = self._sessions
-        if key not in sessions or sessions[key] != session:
+        known = sessions.pop(key, None)
+        if session != known or (session is None and self._forgot):
             record: dict[str, object] = {"session": change.agent, "id": session}
             if change.conversation:
                 record["conv"] = change.conversation
             self.store.record(record)
-        sessions.pop(key, None)
-        sessions[key] = session
-        if len(sessions) > KEPT_SESSIONS:  # a thread mode's threads: forget the oldest
-            del sessions[next(iter(sessions))]
+        if session is not None:
+            sessions[key] = session
+            if len(sessions) > KEPT_SESSIONS:  # a thread mode's threads: forget the oldest
+                del sessions[next(iter(sessions))]
+                self._forgot = True  # from now on a session cleared is always written
         self._commit(sync=change.dead_letter is not None)
 
     @_on.register
