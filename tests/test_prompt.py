@@ -9,10 +9,17 @@ import jinja2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from ghitwork.config.load import load_config
 from ghitwork.config.model import ConfigError
-from ghitwork.config.prompt import DEFAULT_TEMPLATE, default, file_template, inline_template
+from ghitwork.config.prompt import (
+    DEFAULT_TEMPLATE,
+    PromptTemplate,
+    default,
+    file_template,
+    inline_template,
+)
 from ghitwork.model.events import Decoder, Event, objects
 
 SOURCE = """\
@@ -165,9 +172,17 @@ def test_the_built_in_template_is_compiled_on_first_use_and_a_configs_at_load(
     a, b = config.agents
     assert a.prompt is default() and "template" not in vars(a.prompt)
     assert "template" in vars(b.prompt) and b.prompt.fields == frozenset({"id"})
-    config.compile_templates()
+    told: list[str] = []
+    config.compile_templates(told.append)
     compiled = vars(a.prompt)
     assert isinstance(compiled["template"], jinja2.Template) and "fields" in compiled
+    assert told == []
+    # One that cannot compile (it cannot be the built-in one) is told once, by its origin.
+    broken = PromptTemplate("built-in template", "{% for e in events %}", a.prompt.environment)
+    agents = tuple(replace(agent, prompt=broken) for agent in config.agents)
+    replace(config, agents=agents).compile_templates(told.append)
+    assert len(told) == 1  # two agents share it
+    assert told[0].startswith("built-in template: line 1: Unexpected end of template.")
     path.write_text(path.read_text().replace("{% endfor %}", ""))
     with pytest.raises(ConfigError, match="agent_prompt"):
         load_config(path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -273,7 +274,8 @@ class Daemon:
         )
         source_task = asyncio.ensure_future(source.run())
         # While tail-events starts: the templates not compiled at load (the built-in one).
-        asyncio.get_running_loop().call_soon(self.config.compile_templates)
+        report = functools.partial(self.bus.notice, Level.ERROR, "config")
+        asyncio.get_running_loop().call_soon(self.config.compile_templates, report)
         stop_task = asyncio.ensure_future(self._stop_requested.wait())
         await asyncio.wait([source_task, stop_task], return_when=asyncio.FIRST_COMPLETED)
         if stop_task.done():

@@ -7,12 +7,11 @@ The checks themselves are in configread.py.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -171,12 +170,19 @@ class Config(msgspec.Struct, frozen=True, eq=False):
                 return agent
         return None
 
-    def compile_templates(self) -> None:
+    def compile_templates(self, report: Callable[[str], None]) -> None:
         """Compile the templates left for their first use (the built-in one: the daemon
-        calls this once tail-events is started). One that fails is its run's error."""
+        calls this once tail-events is started). One that fails is told to `report` once,
+        and is each run's error (run/spec.py)."""
+        failed: set[str] = set()
         for agent in self.agents:
-            with contextlib.suppress(Exception):
-                agent.prompt.compiled()
+            template = agent.prompt
+            try:
+                template.compiled()
+            except Exception as error:
+                if template.origin not in failed:
+                    failed.add(template.origin)
+                    report(f"{template.origin}: {prompt.describe_error(error)}")
 
     def with_overrides(
         self, retry: float | None, limit: int | None, http: str | None = None
