@@ -95,6 +95,9 @@ def start_chromium(profile: Path) -> tuple[subprocess.Popen[bytes], int]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        # its singleton socket's directory (org.chromium.Chromium.*) goes with the profile,
+        # not into /tmp for good: SIGKILL leaves it no chance to remove it
+        env={**os.environ, "TMPDIR": str(profile)},
     )
     port_file = profile / "DevToolsActivePort"
     text = poll(lambda: port_file.exists() and port_file.read_text(), 30, "Chromium's port")
