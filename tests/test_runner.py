@@ -30,7 +30,6 @@ from ghitwork.run.archive import Redactor
 from ghitwork.run.invocation import Invocation, Why
 from ghitwork.run.output import Patterns
 from ghitwork.run.spec import RunSpec, agent_environment
-from ghitwork.system import process
 
 
 def invocation(tmp_path: Path, code: str, **kwargs: object) -> Invocation:
@@ -520,31 +519,3 @@ def test_an_exit_status_reaped_by_the_kernel_is_unknown_not_a_success(tmp_path: 
         assert invoke(tmp_path, "import sys; sys.exit(3)").returncode == 3
     finally:
         signal.signal(signal.SIGCHLD, previous)
-
-
-def test_a_new_agent_gets_the_cpu_once_per_turn_of_the_loop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """After `Popen` the loop yields the CPU, so that an agent the kernel put on ghit-work's
-    CPU execs before the run's bookkeeping (system/process.py); a burst of runs started in
-    one turn (a catch-up's hold ending) yields for the first only, the next turn again."""
-    yields: list[int] = []
-    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(1))
-
-    async def scenario() -> list[int]:
-        counts = []
-        children = []
-        for _ in range(3):  # one turn
-            children.append(process.Child.start(["true"], tmp_path, dict(os.environ)))
-        counts.append(len(yields))
-        await asyncio.sleep(0)  # the next turn
-        await asyncio.sleep(0)
-        children.append(process.Child.start(["true"], tmp_path, dict(os.environ)))
-        counts.append(len(yields))
-        for child in children:
-            child.watch(lambda fd, data: None, b"")
-            await child.exited
-            child.close()
-        return counts
-
-    assert asyncio.run(scenario()) == [1, 2]

@@ -26,24 +26,6 @@ READ_SIZE = 256 * 1024  # as asyncio's pipe transport: at most this much per rea
 Output = Callable[[int, bytes], None]  # (1 for stdout or 2 for stderr, the bytes read)
 
 
-_yielded: set[asyncio.AbstractEventLoop] = set()  # loops that yielded in this turn
-
-
-def _let_it_run(loop: asyncio.AbstractEventLoop) -> None:
-    """Give the CPU to the process just started, once per turn of the loop. The kernel often
-    puts a new child on its parent's CPU, where it waited for what the loop does after
-    `Popen` (the run's bookkeeping: the views, the journal, its status line) before it could
-    exec: yielding lets it exec first. At 1 s gaps that was 0.4-0.7 ms of the dispatch
-    latency (docs/performance.md). Once per turn: a burst of runs started at once (the end of
-    a catch-up's hold) yields for its first only, so that a burst is not spread over the
-    children's time slices."""
-    if loop in _yielded:
-        return
-    _yielded.add(loop)
-    loop.call_soon(_yielded.discard, loop)
-    os.sched_yield()
-
-
 class Child:
     """One child process in its own session, with stdin, stdout and stderr piped."""
 
@@ -72,7 +54,6 @@ class Child:
             env=env,
             start_new_session=True,
         )
-        _let_it_run(loop)
         child = cls(proc, loop)
         try:
             child._watch_exit()  # first: whatever comes next, its exit is seen
