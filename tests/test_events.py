@@ -8,7 +8,7 @@ from conftest import event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ghitwork.model.events import Decoder, Event, Malformed, objects
+from ghitwork.model.events import Decoder, Event, Malformed, objects, routed_of, to_event
 
 
 def decode(chunks: list[bytes]) -> list[Event | Malformed]:
@@ -165,3 +165,65 @@ def test_an_events_object_is_parsed_when_asked_for_and_always_comes() -> None:
     assert odd.data["id"] == 7 and objects([odd])[0]["x"] != 0
     broken = Event(8, "k", None, (), None, b"{not json")
     assert broken.data == {"id": 8, "kind": "k"}, "at least what routing read"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=3),
+    st.dictionaries(
+        st.sampled_from(["e", "to", "x", "scopes", "actor_user_username", "é"]),
+        JSON_VALUES,
+        max_size=3,
+    ),
+    st.sampled_from(["", " ", "\n"]),
+)
+def test_a_journaled_routed_line_reads_as_the_whole_record_would(
+    agents: list[str], extra: dict[str, object], pad: str
+) -> None:
+    """A restart reads a routed event's journal line in one pass (`routed_of`, slicing the
+    event's bytes out of the line); what it reads is what parsing the whole record gives,
+    and a line it cannot read so (None) is read that way."""
+    data = {"id": 7, "kind": "comment.created", **extra}
+    raw = json.dumps(data, ensure_ascii=False).encode()
+    line = b'{"to":' + json.dumps(agents).encode() + b',"e":' + raw + b"}" + pad.encode()
+    found = routed_of(line)
+    if found is None:
+        return
+    names, read = found
+    record = json.loads(line)
+    whole = to_event(record["e"], raw)
+    assert isinstance(whole, Event) and names == record["to"]
+    assert (read.id, read.kind, read.actor, read.scopes, read.raw) == (
+        whole.id,
+        whole.kind,
+        whole.actor,
+        whole.scopes,
+        raw,
+    )
+    assert read.data == data
+
+
+def test_a_journaled_routed_line_is_read_in_one_pass() -> None:
+    raw = b'{"id":9,"kind":"k","scopes":["thread:a/b/1"],"actor_user_username":"x","e":{"e":1}}'
+    found = routed_of(b'{"to":["a","b"],"e":' + raw + b"}\n")
+    assert found == (["a", "b"], Event(9, "k", "x", ("thread:a/b/1",), None, raw))
+
+
+def test_a_routed_line_of_another_shape_is_left_to_the_whole_record() -> None:
+    for line in (
+        b'{"to": ["a"], "e": {"id": 1, "kind": "k"}}',  # written by hand
+        b'{"to":["a"],"e":{"id":1,"kind":"k"},"x":1}',  # another field after it
+        b'{"to":["a"],"e":{"id":1,"kind":""}}',  # no kind
+        b'{"to":["a"],"e":{"id":1,"kind":"k","x":"\xff"}}',  # not UTF-8
+        b'{"to":["a"],"e":{"id":1,"kind":"k"}',  # torn
+    ):
+        assert routed_of(line) is None, line

@@ -27,11 +27,13 @@ from ghitwork.bus.changes import (
 from ghitwork.config.model import Config
 from ghitwork.flow.dispatch import Dispatcher
 from ghitwork.model.events import Event, event_of
+from ghitwork.model.ids import Ids
 from ghitwork.model.results import RunResult
 from ghitwork.observe.dashboard import DashboardModel
 from ghitwork.persist import journal as journal_module
 from ghitwork.persist import saved as saved_module
 from ghitwork.persist.journal import Journal
+from ghitwork.persist.pending import Pending
 from ghitwork.persist.saved import Saved, SavedAgent
 from ghitwork.persist.store import MIN_COMPACT_BYTES, PUT_OFF, StateDirError, StateWriteError, Store
 
@@ -72,7 +74,7 @@ def test_a_snapshot_starts_a_new_generation_and_old_journals_go(tmp_path: Path) 
     store.record({"c": 5})
     store.flush()
     saved.cursor = 5
-    saved.agents["a"] = SavedAgent(pending={3: {"id": 3, "kind": "k"}}, sessions={"": "x"})
+    saved.agents["a"] = SavedAgent(pending=Pending([{"id": 3, "kind": "k"}]), sessions={"": "x"})
     store.compact(saved)
     assert sorted(p.name for p in tmp_path.glob("journal-*")) == ["journal-2.jsonl"]
     store.close()
@@ -86,17 +88,17 @@ def test_a_snapshot_writes_events_as_printed_and_whatever_orjson_refuses_with_js
 ) -> None:
     store, saved, _ = opened(tmp_path)
     printed = b'{"id": 1, "kind": "k", "x": [1, {"y": null}]}'
-    saved.agents["a"] = SavedAgent(pending={1: Event(1, "k", None, (), None, printed)})
-    saved.agents["b"] = SavedAgent(pending={2: {"id": 2, "kind": "k", "big": 2**70}})
+    saved.agents["a"] = SavedAgent(pending=Pending([Event(1, "k", None, (), None, printed)]))
+    saved.agents["b"] = SavedAgent(pending=Pending([{"id": 2, "kind": "k", "big": 2**70}]))
     store.compact(saved)  # orjson refuses 2**70: the whole snapshot goes through json
-    saved.agents["b"].pending[2] = {"id": 2, "kind": "k"}
+    saved.agents["b"].pending.add({"id": 2, "kind": "k"})
     store.compact(saved)  # now orjson, the event spliced in as printed
     assert printed in (tmp_path / "state.json").read_bytes()
     store.close()
     for big in (False, True):
         if big:
             store, saved, _ = opened(tmp_path)
-            saved.agents["b"].pending[2] = {"id": 2, "kind": "k", "big": 2**70}
+            saved.agents["b"].pending.add({"id": 2, "kind": "k", "big": 2**70})
             store.compact(saved)
             store.close()
         reopened, loaded, _ = opened(tmp_path)
@@ -175,7 +177,7 @@ def test_a_corrupt_snapshot_says_what_was_lost_and_its_journal_gives_back_the_re
     report says what it recovered and where tail-events resumes."""
     store, saved, _ = opened(tmp_path)
     saved.cursor = 4
-    saved.agents["a"] = SavedAgent(pending={3: {"id": 3, "kind": "k"}}, sessions={"": "S"})
+    saved.agents["a"] = SavedAgent(pending=Pending([{"id": 3, "kind": "k"}]), sessions={"": "S"})
     store.compact(saved)
     store.compact(saved)  # generation 2
     seven = Event(7, "k", None, (), {"id": 7, "kind": "k"}, b'{"id":7,"kind":"k"}')
@@ -467,10 +469,10 @@ def test_a_snapshot_is_written_in_pieces_and_reads_back_whole(
     store, saved, _ = opened(tmp_path)
     printed = {i: b'{"id": %d, "kind": "k"}' % i for i in range(1, 11)}
     saved.agents["a"] = SavedAgent(
-        pending={i: Event(i, "k", None, (), None, printed[i]) for i in range(1, 8)},
+        pending=Pending(Event(i, "k", None, (), None, printed[i]) for i in range(1, 8)),
         sessions={"": "s-a", "thread:x/1": "s-x"},
     )
-    saved.agents["b"] = SavedAgent(pending={8: {"id": 8, "kind": "k", "big": 2**70}})
+    saved.agents["b"] = SavedAgent(pending=Pending([{"id": 8, "kind": "k", "big": 2**70}]))
     saved.agents["c"] = SavedAgent(runs=[1.5])  # nothing queued, still kept
     saved.cursor = 10
     store.compact(saved)
@@ -566,8 +568,8 @@ def test_a_restart_hands_its_saved_events_over_and_lets_the_loaded_state_go() ->
         scopes = [f"thread:{threads[ident]}"] if ident != 4 else []
         found = event_of(json.dumps(event(ident, scopes=scopes)).encode())
         assert isinstance(found, Event)
-        saved.agent("a").pending[ident] = found
-    saved.agent("a").inflight = {3}
+        saved.agent("a").pending.add(found)
+    saved.agent("a").inflight = Ids([3])
     saved.agent("a").sessions = {"thread:teams/ghit/ghit/1": "s-1"}
     [(name, parts)] = dispatcher.restore(saved)
     assert saved.agents["a"].pending == {}  # handed over, not copied
@@ -577,7 +579,7 @@ def test_a_restart_hands_its_saved_events_over_and_lets_the_loaded_state_go() ->
         ("thread:teams/ghit/ghit/2", [2]),
         ("", [4]),
     ]
-    assert dispatcher.agents["a"].conversation("thread:teams/ghit/ghit/1").redelivered == {3}
+    assert set(dispatcher.agents["a"].conversation("thread:teams/ghit/ghit/1").redelivered) == {3}
     # the sessions kept are shown before any run resumes them (status, the API, the TUI)
     loaded = [change for change in published if isinstance(change, SessionsLoaded)]
     assert [change.sessions for change in loaded] == [{"a": {"thread:teams/ghit/ghit/1": "s-1"}}]

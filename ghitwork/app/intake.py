@@ -43,11 +43,15 @@ class Intake:
         self.routed: int | None = None  # the last event routed and journaled
         self.backlog = False  # the last read from tail-events left more waiting
 
-    async def restore(self, pairs: Sequence[Pair]) -> None:
+    async def restore(self, pairs: list[Pair]) -> None:
         """The saved events (flow/durable.py's pairs), delivered first: the loop turns every
-        RESTORED_AT_ONCE conversations, so the first runs start while the rest is queued."""
+        RESTORED_AT_ONCE conversations, so the first runs start while the rest is queued.
+        `pairs` is emptied as it goes: an agent's events, once in their conversations, are
+        not held a second time (100,000 saved events: 0.7 MB at a restart's peak)."""
+        pairs.reverse()
         queued = 0
-        for name, parts in pairs:
+        while pairs:
+            name, parts = pairs.pop()
             for start in range(0, len(parts), RESTORED_AT_ONCE):
                 chunk = parts[start : start + RESTORED_AT_ONCE]
                 self.injected.on_next((name, chunk))

@@ -35,6 +35,7 @@ from ghitwork.model.conversations import OWN, main_scope, split
 from ghitwork.model.deadletter import DeadLetter
 from ghitwork.model.durations import MAX_BUDGET_RUNS
 from ghitwork.model.events import Event
+from ghitwork.model.ids import Ids
 from ghitwork.model.results import RunResult
 from ghitwork.model.usage import Ledger
 from ghitwork.run.spec import RunSpec
@@ -202,7 +203,8 @@ class Agent:
             return
         moved = {event.id for _, events in parts for event in events}
         own.pending = [event for event in own.pending if event.id not in moved]
-        marked, own.redelivered = own.redelivered & moved, own.redelivered - moved
+        marked = {i for i in own.redelivered if i in moved}
+        own.redelivered = Ids(i for i in own.redelivered if i not in moved)
         self.add(parts)
         for key, events in parts:
             self.conversations[key].redelivered.update(e.id for e in events if e.id in marked)

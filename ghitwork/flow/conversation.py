@@ -33,6 +33,7 @@ from ghitwork.flow import policy
 from ghitwork.model.deadletter import DeadLetter
 from ghitwork.model.durations import clock_time, format_duration
 from ghitwork.model.events import Event
+from ghitwork.model.ids import Ids
 from ghitwork.model.results import RunResult
 from ghitwork.run.spec import fault_text, prepare
 
@@ -62,7 +63,7 @@ class Conversation:
         self.agent = agent
         self.key = key  # "" or a `thread:` scope
         self.pending: list[Event] = []
-        self.redelivered: set[int] = set()
+        self.redelivered = Ids()  # to be delivered again: their run did not finish
         self.state = AgentState.IDLE if agent.config.enabled else AgentState.DISABLED
         self.batch: Sequence[Event] = ()
         self.tries = policy.FIRST  # where the batch at the head of `pending` stands
@@ -290,8 +291,7 @@ class Conversation:
         return self.session_id is not None and self.config.resume_cmd is not None
 
     def was_redelivered(self, batch: Sequence[Event]) -> bool:
-        redelivered = self.redelivered
-        return bool(redelivered) and any(event.id in redelivered for event in batch)
+        return bool(self.redelivered) and any(e.id in self.redelivered for e in batch)
 
     def _finished(self, result: RunResult) -> None:
         batch, self.batch = self.batch, ()

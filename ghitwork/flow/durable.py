@@ -5,6 +5,7 @@ the dead letters). `self` is the Dispatcher (flow/dispatch.py)."""
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Collection, Container, Sequence
 from typing import TYPE_CHECKING, Any
@@ -22,10 +23,14 @@ from ghitwork.flow.agent import Agent, Paused
 from ghitwork.flow.routing import Pair, Part
 from ghitwork.flow.workdirs import Workspace
 from ghitwork.model.events import Event, Malformed, to_event
+from ghitwork.model.ids import Ids
+from ghitwork.persist.pending import Pending
 from ghitwork.persist.saved import Saved, SavedAgent
 
 if TYPE_CHECKING:
     from ghitwork.flow.dispatch import Dispatcher
+
+_ID = operator.attrgetter("id")
 
 
 def requeue(agent: Agent, events: Sequence[Event], redelivered: Container[int]) -> tuple[Part, ...]:
@@ -81,14 +86,11 @@ def restore(self: Dispatcher, saved: Saved, handed_back: Collection[int] = ()) -
         for conversation, session in kept.sessions.items():
             agent.set_session(conversation, session)
         agent.runs.extend(kept.runs)
-        events = [
-            e
-            for e in (_event(kept.pending[i]) for i in sorted(kept.pending))
-            if isinstance(e, Event)
-        ]
-        redelivered = kept.inflight & kept.pending.keys()
+        # only the queued events of a batch in flight are marked: no other set is built
+        redelivered = sum(1 for i in kept.inflight if i in kept.pending)
+        events = [e for e in map(_event, kept.pending.events()) if isinstance(e, Event)]
         kept.pending.clear()
-        pairs.append((name, requeue(agent, events, redelivered)))
+        pairs.append((name, requeue(agent, events, kept.inflight)))
         agent.workdirs.restore(
             {key: Workspace(path, used) for key, (path, used) in kept.workspaces.items()}
         )
@@ -98,7 +100,7 @@ def restore(self: Dispatcher, saved: Saved, handed_back: Collection[int] = ()) -
         counts[name] = len(events)
         message = f"{len(events)} saved event(s) to deliver first"
         if redelivered:
-            message += f", {len(redelivered)} of them redelivered (their run did not finish)"
+            message += f", {redelivered} of them redelivered (their run did not finish)"
         if not agent.config.enabled:
             message += "; the agent is not enabled in the config, so they stay saved"
         self._notice(Level.INFO, "restore", message, name)
@@ -139,15 +141,15 @@ def snapshot(self: Dispatcher, cursor: int | None) -> Saved:
         quotas={a: u for a in self.accounts.closed if (u := self.accounts.until(a))},
     )
     for name, agent in self.agents.items():
-        pending: dict[int, dict[str, Any] | Event] = {}
+        events: list[dict[str, Any] | Event] = []  # Events only: sorted by their id
         inflight: set[int] = set()
         for conversation in agent.conversations.values():
-            for event in conversation.batch:
-                pending[event.id] = event
-                inflight.add(event.id)
-            for event in conversation.pending:
-                pending[event.id] = event
+            events += conversation.batch
+            events += conversation.pending
+            inflight.update(e.id for e in conversation.batch)
             inflight.update(conversation.redelivered)
+        events.sort(key=_ID)  # its conversations' events: each in one, once
+        pending = Pending.ordered(events)
         asking = {
             key: c.question
             for key, c in agent.conversations.items()
@@ -159,7 +161,7 @@ def snapshot(self: Dispatcher, cursor: int | None) -> Saved:
             continue
         saved.agents[name] = SavedAgent(
             pending=pending,
-            inflight=inflight & pending.keys(),
+            inflight=Ids(i for i in inflight if i in pending),
             sessions=dict(agent.sessions),
             runs=list(agent.runs),
             workspaces={k: (w.path, w.used) for k, w in agent.workdirs.made.items()},

@@ -120,15 +120,51 @@ def _routing_decoder() -> Any:
     another type fails the read's fast path, and `to_event` judges it line by line. Built on
     first use: importing msgspec takes ~8 ms, which the source spends once tail-events has
     started (it makes its Decoder then), while tail-events starts too."""
-    import msgspec
+    routing = _routing()
+    return msgspec.json.Decoder(list[routing])  # type: ignore[valid-type]
 
+
+@functools.cache
+def _routing() -> Any:
     class Routing(msgspec.Struct, gc=False):
         id: int
         kind: str
         scopes: list[str] = []
         actor_user_username: str | None = None
 
-    return msgspec.json.Decoder(list[Routing])
+    return Routing
+
+
+@functools.cache
+def _journal_decoder() -> Any:
+    """A journal's routed event line, `{"to":[agents],"e":EVENT}`, the event's routing
+    fields read as `_routing_decoder` reads them, any other field refused."""
+    fields = [("to", list[str]), ("e", _routing())]
+    line = msgspec.defstruct("Line", fields, gc=False, forbid_unknown_fields=True)
+    return msgspec.json.Decoder(line)
+
+
+def routed_of(line: bytes) -> tuple[list[str], Event] | None:
+    """A routed event as persist/store.py journals it, `{"to":[agents],"e":EVENT}` on one
+    line: its agents and the event (its bytes sliced from the line), decoded in one pass, a
+    third of a restart's load. None for a line of another shape (read as any record)."""
+    body = line.rstrip()
+    at = body.find(b',"e":')  # the first: a string in the list before it cannot hold one
+    if at < 0 or not body.startswith(b'{"to":[') or not body.endswith(b"}"):
+        return None
+    try:
+        if not body.isascii():
+            body.decode("utf-8")  # msgspec does not check the fields it skips
+        value = _journal_decoder().decode(body)
+    except ValueError:
+        return None
+    event = value.e
+    if not event.kind:
+        return None
+    raw = body[at + 5 : -1].strip()
+    return value.to, Event(
+        event.id, event.kind, event.actor_user_username, tuple(event.scopes), None, raw
+    )
 
 
 class Malformed(msgspec.Struct, frozen=True):

@@ -17,9 +17,11 @@ from typing import Any
 import msgspec
 import orjson
 
-from ghitwork.model.events import Event, event_of, parse_json
+from ghitwork.model.events import Event, event_of, parse_json, routed_of
+from ghitwork.model.ids import Ids
 from ghitwork.model.usage import Charge, Ledger
 from ghitwork.persist.lock import StateDirError
+from ghitwork.persist.pending import Pending
 
 VERSION = 1
 CHUNK = 250  # queued events encoded at a time when a snapshot is written (~100 KB)
@@ -40,9 +42,9 @@ def loads(data: bytes) -> Any:
 
 
 class SavedAgent(msgspec.Struct):
-    # id -> the event object as loaded; when saving, the Event itself (written as printed)
-    pending: dict[int, dict[str, Any] | Event] = msgspec.field(default_factory=dict)
-    inflight: set[int] = msgspec.field(default_factory=set)  # handed to a run that did not finish
+    # by id: the event object as loaded; when saving, the Event itself (written as printed)
+    pending: Pending = msgspec.field(default_factory=Pending)
+    inflight: Ids = msgspec.field(default_factory=Ids)  # handed to a run that did not finish
     sessions: dict[str, str] = msgspec.field(default_factory=dict)  # conversation -> session id
     runs: list[float] = msgspec.field(default_factory=list)  # start times, for run budgets
     # conversation -> (path, last used): the workspaces made for conversations (SPEC §12)
@@ -68,7 +70,10 @@ class Saved(msgspec.Struct):
     quotas: dict[str, float] = msgspec.field(default_factory=dict)  # account -> closed until (§14)
 
     def agent(self, name: str) -> SavedAgent:
-        return self.agents.setdefault(name, SavedAgent())
+        found = self.agents.get(name)  # not setdefault: a SavedAgent made for each record
+        if found is None:
+            found = self.agents[name] = SavedAgent()
+        return found
 
     def release(self) -> None:
         """Let go of what was loaded once it has been handed on and written again (at start):
@@ -82,18 +87,13 @@ class Saved(msgspec.Struct):
         event's bytes and reads only its routing fields, as a live read does: a recovery then
         holds its queued events as compactly as the run before the crash did, not as parsed
         objects. Raises ValueError (and the like) for a line that is not a record."""
-        if line.startswith(b'{"to":'):
-            try:
-                routed = _routed_decoder().decode(line)
-            except ValueError:
-                routed = None
-            if routed is not None:
-                event = event_of(bytes(routed.e))
-                if isinstance(event, Event):
-                    self.cursor = event.id if self.cursor is None else max(self.cursor, event.id)
-                    for name in routed.to:
-                        self.agent(name).pending[event.id] = event
-                    return
+        routed = routed_of(line) if line.startswith(b'{"to":') else None
+        if routed is not None:
+            agents, event = routed
+            self.cursor = event.id if self.cursor is None else max(self.cursor, event.id)
+            for name in agents:
+                self.agent(name).pending.add(event)
+            return
         self.apply(loads(line))
 
     def apply(self, record: dict[str, Any]) -> None:
@@ -103,7 +103,7 @@ class Saved(msgspec.Struct):
             ident = int(event["id"])
             self.cursor = ident if self.cursor is None else max(self.cursor, ident)
             for name in record.get("to", ()):
-                self.agent(name).pending[ident] = event
+                self.agent(name).pending.add(event)
         elif "c" in record:
             ident = int(record["c"])
             self.cursor = ident if self.cursor is None else max(self.cursor, ident)
@@ -114,9 +114,10 @@ class Saved(msgspec.Struct):
                 agent.runs.append(float(record["at"]))
         elif "done" in record:
             agent = self.agent(record["done"])
-            for ident in record["ids"]:
-                agent.pending.pop(int(ident), None)
-                agent.inflight.discard(int(ident))
+            done = [int(i) for i in record["ids"]]
+            for ident in done:
+                agent.pending.discard(ident)
+            agent.inflight.difference_update(done)
         elif "session" in record:
             # A record from before conversations has no "conv": the agent's own conversation.
             sessions = self.agent(record["session"]).sessions
@@ -153,9 +154,10 @@ class Saved(msgspec.Struct):
             letter = record["dead"]
             ident = int(letter["id"])
             agent = self.agent(letter["agent"])
-            for event in letter["events"]:
-                agent.pending.pop(int(event["id"]), None)
-                agent.inflight.discard(int(event["id"]))
+            buried = [int(event["id"]) for event in letter["events"]]
+            for event_id in buried:
+                agent.pending.discard(event_id)
+            agent.inflight.difference_update(buried)
             self.dead[ident] = letter
             self.next_dead_letter = max(self.next_dead_letter, ident + 1)
         elif "usage" in record:
@@ -165,7 +167,7 @@ class Saved(msgspec.Struct):
             if letter is not None:
                 agent = self.agent(letter["agent"])
                 for event in letter["events"]:
-                    agent.pending[int(event["id"])] = event
+                    agent.pending.add(event)
                     agent.inflight.add(int(event["id"]))  # delivered before: `redelivered`
 
 
@@ -183,7 +185,7 @@ def snapshot_chunks(saved: Saved, generation: int) -> Iterator[bytes | memoryvie
     kept = [(name, agent) for name, agent in saved.agents.items() if _kept(agent)]
     for index, (name, agent) in enumerate(kept):
         yield (b"," if index else b"") + _encode(name) + b':{"pending":['
-        events = [agent.pending[i] for i in sorted(agent.pending)]
+        events = agent.pending.events()
         for start in range(0, len(events), CHUNK):
             if start:
                 yield b","
@@ -231,7 +233,7 @@ def _kept(agent: SavedAgent) -> bool:
 def _agent_fields(agent: SavedAgent) -> dict[str, Any]:
     """An agent's part of the snapshot, but its queued events."""
     return {
-        "inflight": sorted(agent.inflight),
+        "inflight": list(agent.inflight),
         # the agent's own conversation's, where a version without conversations reads it
         "session_id": agent.session_id,
         "sessions": {c: s for c, s in agent.sessions.items() if c},
@@ -242,17 +244,6 @@ def _agent_fields(agent: SavedAgent) -> dict[str, Any]:
         "paused": agent.paused,
         "asking": agent.asking,
     }
-
-
-@functools.cache
-def _routed_decoder() -> Any:
-    """A routed event's journal line, its event left as bytes (msgspec.Raw)."""
-    import msgspec
-
-    # defstruct: annotations in this module are strings (`from __future__ import annotations`)
-    # that msgspec would look up among the module's names, where msgspec is not.
-    routed = msgspec.defstruct("Routed", [("to", list[str]), ("e", msgspec.Raw)], gc=False)
-    return msgspec.json.Decoder(routed)
 
 
 @functools.cache
@@ -334,8 +325,8 @@ def from_snapshot(data: Any) -> tuple[Saved, int]:
         if raw.get("session_id"):  # the agent's own conversation (all a version 1 file had)
             sessions[""] = str(raw["session_id"])
         saved.agents[name] = SavedAgent(
-            pending={_ident(e): e for e in raw.get("pending", [])},
-            inflight={int(i) for i in raw.get("inflight", [])},
+            pending=Pending(raw.get("pending", [])),
+            inflight=Ids(int(i) for i in raw.get("inflight", [])),
             sessions=sessions,
             runs=[float(t) for t in raw.get("runs", [])],
             workspaces={
@@ -350,10 +341,6 @@ def from_snapshot(data: Any) -> tuple[Saved, int]:
     saved.ledger = Ledger.from_json(data.get("usage"))
     saved.quotas = {str(a): float(u) for a, u in (data.get("quotas") or {}).items()}
     return saved, int(data.get("generation", 0))
-
-
-def _ident(event: dict[str, Any] | Event) -> int:
-    return event.id if isinstance(event, Event) else int(event["id"])
 
 
 def peek(state_dir: Path) -> Saved:
