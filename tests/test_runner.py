@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from ghitwork.run.archive import Redactor
 from ghitwork.run.invocation import Invocation, Why
 from ghitwork.run.output import Patterns
 from ghitwork.run.spec import RunSpec, agent_environment
+from ghitwork.system import process
 
 
 def invocation(tmp_path: Path, code: str, **kwargs: object) -> Invocation:
@@ -519,3 +521,35 @@ def test_an_exit_status_reaped_by_the_kernel_is_unknown_not_a_success(tmp_path: 
         assert invoke(tmp_path, "import sys; sys.exit(3)").returncode == 3
     finally:
         signal.signal(signal.SIGCHLD, previous)
+
+
+def test_a_new_agent_gets_the_cpu_first_after_a_while_without_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `Popen` the loop yields the CPU when no agent was started for IDLE_BEFORE_YIELD,
+    so that an agent the kernel put on ghit-work's CPU execs before the run's bookkeeping
+    (system/process.py); runs started in a burst, or at a busy stream's pace, never yield."""
+    yields: list[int] = []
+    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(1))
+
+    async def scenario() -> list[int]:
+        counts, children = [], []
+
+        def start() -> None:
+            children.append(process.Child.start(["true"], tmp_path, dict(os.environ)))
+
+        monkeypatch.setattr(process, "_last_spawn", 0.0)  # none for a long while
+        for _ in range(3):  # a burst: the first yields
+            start()
+        counts.append(len(yields))
+        monkeypatch.setattr(process, "_last_spawn", time.monotonic() - 1.0)
+        start()  # a second without runs: it yields
+        start()  # at once after it: it does not
+        counts.append(len(yields))
+        for child in children:
+            child.watch(lambda fd, data: None, b"")
+            await child.exited
+            child.close()
+        return counts
+
+    assert asyncio.run(scenario()) == [1, 2]

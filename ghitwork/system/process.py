@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -24,6 +25,25 @@ from typing import IO
 READ_SIZE = 256 * 1024  # as asyncio's pipe transport: at most this much per read
 
 Output = Callable[[int, bytes], None]  # (1 for stdout or 2 for stderr, the bytes read)
+
+
+IDLE_BEFORE_YIELD = 0.01  # seconds without a spawn after which a new child gets the CPU first
+_last_spawn = 0.0  # time.monotonic() of the last spawn
+
+
+def _let_it_run() -> None:
+    """Give the CPU to the process just started, when none was started for a while. The
+    kernel often puts a new child on its parent's CPU, where it waited for what the loop does
+    after `Popen` (the run's bookkeeping: the views, the journal, its status line, ~0.5 ms)
+    before it could exec: yielding lets it exec first (docs/performance.md). Only after
+    IDLE_BEFORE_YIELD without a spawn: a stream's sparse events, where nothing else waits
+    for this CPU; runs started in a burst, or at a busy stream's pace, never yield (a yield
+    puts the loop behind whatever else is runnable on its CPU)."""
+    global _last_spawn
+    now = time.monotonic()
+    idle, _last_spawn = now - _last_spawn >= IDLE_BEFORE_YIELD, now
+    if idle:
+        os.sched_yield()
 
 
 class Child:
@@ -54,6 +74,7 @@ class Child:
             env=env,
             start_new_session=True,
         )
+        _let_it_run()
         child = cls(proc, loop)
         try:
             child._watch_exit()  # first: whatever comes next, its exit is seen
