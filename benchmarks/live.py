@@ -20,8 +20,8 @@ conversations at scale, each against a direct spawn of the same agent command in
 
 The agent notes its start in its first instruction (bash's $EPOCHREALTIME, no exec), then the
 event ids of its prompt. Every event is checked to have been delivered, once, to its agent.
-Options: --quick (fewer events), --only live,scale. Exit status 1 when a figure misses its
-target.
+Options: --quick (fewer events), --only live,scale, --gaps 0.02,0.2,1 and --modes agent,thread
+(the live pass cut to those). Exit status 1 when a figure misses its target.
 """
 
 from __future__ import annotations
@@ -245,13 +245,21 @@ def burst(streams: Sequence[Stream], ids: Iterable[int], gap: float) -> None:
         stream.wait_for(ids)
 
 
-def live(root: Path, figures: Figures, quick: bool) -> None:
+def live(
+    root: Path,
+    figures: Figures,
+    quick: bool,
+    gaps: Sequence[float] = (0.02, 0.2, 1.0),
+    modes: Sequence[str] = ("agent", "thread"),
+) -> None:
     print("1. live latency: events at fixed gaps, each on a new thread", flush=True)
     scope = "repo:teams/live/repo0"
-    plan = ((0.02, 100, 500), (0.2, 20, 150), (1.0, 6, 60))
+    plan = [p for p in ((0.02, 100, 500), (0.2, 20, 150), (1.0, 6, 60)) if p[0] in gaps]
     # One pass per mode, each beside its own baseline: a mode that falls behind (and so
     # takes a core) never weighs on the other's figures.
     for mode, options in (("agent", {}), ("thread", {"conversations": "thread", "concurrency": 4})):
+        if mode not in modes:
+            continue
         direct = Stream(root, f"direct-{mode}")
         ours = Stream(root, mode)
         streams = (ours, direct)
@@ -426,6 +434,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default="live,scale")
+    # the live pass cut to some gaps (seconds: 0.02, 0.2, 1) or modes, for a change's A/B
+    parser.add_argument("--gaps", default="0.02,0.2,1")
+    parser.add_argument("--modes", default="agent,thread")
     args, _ = parser.parse_known_args()
     only = set(args.only.split(","))
     figures = Figures()
@@ -433,7 +444,8 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="ghit-work-live-"))
     try:
         if "live" in only:
-            live(root, figures, args.quick)
+            gaps = [float(g) for g in args.gaps.split(",")]
+            live(root, figures, args.quick, gaps, args.modes.split(","))
         if "scale" in only:
             scale(root, figures, args.quick)
     finally:
