@@ -7,14 +7,19 @@ saying why, where that is impossible).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import Running, Setup, event, fill, ghit_work, poll, write_events
+from rxfakes import agent_config
 
+from ghitwork.bus.changes import ConfigApplied
+from ghitwork.config.model import Config
 from ghitwork.observe import snapshot
 from ghitwork.observe.dashboard import DashboardModel
 from ghitwork.persist import requests as deadletters
@@ -280,3 +285,46 @@ def test_status_json_write_errors_are_reported_once_and_an_unreadable_one_moved_
     ]
     snapshots.write_if_changed()  # nothing changed, but the file is gone: written again
     assert snapshot.read(state_dir) is not None
+
+
+def test_a_large_status_json_is_written_a_slice_at_a_time_the_loop_turning_between(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A status.json of many agents is written SLICE at a time (observe/snapshot.py): what
+    else the loop has to do runs between two slices, readers see the old file until the new
+    one is whole, and the stop's write (`now`) takes over one under way."""
+    monkeypatch.setattr(snapshot, "SLICE", 0.0)  # each agent's piece a turn of its own
+    model = DashboardModel()
+    agents = tuple(agent_config(f"a{n}") for n in range(6))
+    model(ConfigApplied(config=Config(path=Path("x.toml"), agents=agents)))
+    cursor = [5]
+    snapshots = snapshot.Snapshots(model, lambda: cursor[0], tmp_path)
+    path = tmp_path / "status.json"
+
+    def under_way() -> bool:  # a write in slices, not yet in place
+        return snapshots._under_way is not None
+
+    async def scenario() -> list[str]:
+        seen: list[str] = []
+        loop = asyncio.get_running_loop()
+        snapshots.write_if_changed()
+        loop.call_soon(lambda: seen.append("other work" if not path.exists() else "late"))
+        while under_way():
+            await asyncio.sleep(0)
+        seen.append(str(snapshot.read(tmp_path)["stream"]["cursor"]))  # type: ignore[index]
+        cursor[0] = 9  # changed: the next write starts, and the stop's write takes over
+        snapshots._next = 0.0
+        snapshots.write_if_changed()
+        assert under_way()
+        snapshots.write_if_changed(now=True)
+        seen.append(str(snapshot.read(tmp_path)["stream"]["cursor"]))  # type: ignore[index]
+        await asyncio.sleep(0)  # the first write's next slice finds it given up
+        await asyncio.sleep(0)
+        return seen
+
+    assert asyncio.run(scenario()) == ["other work", "5", "9"]
+    document = snapshot.read(tmp_path)
+    assert document is not None and [a["name"] for a in document["agents"]] == [
+        f"a{n}" for n in range(6)
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]  # no temp file left

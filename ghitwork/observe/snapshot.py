@@ -14,6 +14,7 @@ environment or a secret: the view it is built from is redacted by the shared Red
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -30,12 +31,13 @@ from ghitwork.model.usage import Usage
 from ghitwork.observe.dashboard import AgentView, ConversationView, DashboardModel, View
 from ghitwork.observe.view import DAYS, OWN_NAME
 from ghitwork.persist.saved import dumps
-from ghitwork.system.files import move_aside, write_atomic
+from ghitwork.system.files import AtomicFile, move_aside
 
 FILE = "status.json"
 REFRESH = 1.0  # seconds: the snapshot file is rewritten at most this often
 FRESH = 0.25  # seconds: the API serves a snapshot at most this old (a rebuild costs the loop)
 SHARE = 0.05  # of the loop's time, at most, spent rewriting status.json (a large one waits)
+SLICE = 0.001  # seconds: a large status.json is written this much at a time, between turns
 RECENT_EVENTS = 50
 ATTENTION = 50
 
@@ -200,6 +202,7 @@ class Snapshots:
         self._failing: str | None = None  # the write error reported, until a write succeeds
         self._cached: tuple[tuple[int, int | None], float, bytes] | None = None
         self._next = 0.0  # no write before (time.monotonic), however much changed
+        self._under_way: AtomicFile | None = None  # a write in slices, not yet in place
         # The HTTP API serves `body()`, kept between changes; without it status.json is
         # written in pieces and nothing is kept.
         self.serving = False
@@ -224,11 +227,14 @@ class Snapshots:
         an unreadable one aside). A write that fails is reported once per distinct error,
         and tried again at the next call.
 
-        A large snapshot is rewritten less often than at every call: the next write waits
-        until the loop has spent at most `SHARE` of its time on them (a catch-up into 19,000
-        conversations makes a 150 ms snapshot, rewritten every 3 s instead of every
-        second; one of a few agents, under a millisecond, is written at every call). `now`:
-        at once whatever it cost (the stop's last write); a file gone is written at once too."""
+        A large snapshot is written SLICE at a time, the loop taking its other work (a read
+        from tail-events, a run to start) between two slices: at 1,000 conversations one
+        took 5-25 ms, during which new events waited (`live.py`'s scale p99). It is built
+        from one view (immutable), so its slices all tell the same moment. It is also
+        rewritten less often than at every call: the next write waits until the loop has
+        spent at most `SHARE` of its time on them (a catch-up into 19,000 conversations makes
+        a 150 ms snapshot, rewritten every 3 s instead of every second). `now`: at once,
+        whatever it cost (the stop's last write); a file gone is written at once too."""
         key = (self.model.version, self.cursor())
         there = self.path.exists()
         if key == self._written and there:
@@ -236,29 +242,72 @@ class Snapshots:
         started = time.monotonic()
         if there and not now and started < self._next:
             return
-        data: bytes | Iterator[bytes]
+        if self._under_way is not None:
+            if not now:
+                return  # it ends within a few turns of the loop
+            self._under_way.abort()
+            self._under_way = None
+        data: Iterator[bytes]
         if self.serving:
-            data = self.body(fresh=0.0)
+            data = iter((self.body(fresh=0.0),))
         else:  # nothing else asks for `body()`: nothing to keep
             data = pieces(self.model.view(), key[1], self.clock())
         try:
-            write_atomic(self.path, data, sync=False)
+            file = self._under_way = AtomicFile(self.path, sync=False)
         except OSError as error:
-            problem = (
-                f"state_dir {self.path.parent}: cannot write {FILE}: {error.strerror or error}; "
-                "`ghit-work status` shows an older snapshot (or none) until it can"
-            )
-            if problem != self._failing:
-                self._failing = problem
-                if self.report is not None:
-                    self.report("error", problem)
+            self._failed(error)
             return
+        self._slice(key, file, data, started, 0.0, now)
+
+    def _slice(
+        self,
+        key: tuple[int, int | None],
+        file: AtomicFile,
+        data: Iterator[bytes],
+        started: float,
+        spent: float,
+        now: bool,
+    ) -> None:
+        if self._under_way is not file:
+            return  # given up for a write at once
+        began = time.monotonic()
+        try:
+            loop = None if now else asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a command, a test): all at once
+            loop = None
+        try:
+            for piece in data:
+                file.write(piece)
+                if loop is not None and time.monotonic() - began >= SLICE:
+                    spent += time.monotonic() - began
+                    loop.call_soon(self._slice, key, file, data, started, spent, now)
+                    return
+            file.commit()
+        except OSError as error:
+            self._under_way = None  # the file removed its temp file
+            self._failed(error)
+            return
+        except BaseException:
+            self._under_way = None
+            file.abort()
+            raise
+        self._under_way = None
         if self._failing is not None:
             self._failing = None
             if self.report is not None:
                 self.report("info", f"state_dir {self.path.parent}: {FILE} written again")
         self._written = key
-        self._next = started + (time.monotonic() - started) / SHARE
+        self._next = started + (spent + time.monotonic() - began) / SHARE
+
+    def _failed(self, error: OSError) -> None:
+        problem = (
+            f"state_dir {self.path.parent}: cannot write {FILE}: {error.strerror or error}; "
+            "`ghit-work status` shows an older snapshot (or none) until it can"
+        )
+        if problem != self._failing:
+            self._failing = problem
+            if self.report is not None:
+                self.report("error", problem)
 
 
 def read(state_dir: Path, report: Callable[[str], None] | None = None) -> dict[str, Any] | None:

@@ -49,30 +49,65 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def write_atomic(path: Path, data: bytes | Iterable[bytes | memoryview], sync: bool = True) -> int:
-    """Write `data` (or its pieces, in turn: a large file is never held whole) to `path`,
-    0600, so a reader sees the old file or the new one, never half: a temp file beside it,
-    fsynced (unless `sync` is false), renamed over it. Returns how many bytes it wrote. When
-    it fails, the temp file is removed (on a full disk, it would hold the space) and the
-    OSError raised."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    written = 0
-    try:
-        fd = open_fd(tmp, os.O_WRONLY | os.O_TRUNC)
+class AtomicFile:
+    """`path` written piece by piece (`write`, as often as needed, even across turns of the
+    loop), then put in place at once (`commit`), so that a reader sees the old file or the
+    new one, never half: a temp file beside it, 0600, fsynced (unless `sync` is false),
+    renamed over it. `abort` (or a failure of either) removes the temp file: on a full disk,
+    it would hold the space."""
+
+    def __init__(self, path: Path, sync: bool = True) -> None:
+        self.path, self.sync, self.written = path, sync, 0
+        self._tmp = path.with_name(f".{path.name}.tmp")
+        self._fd: int | None = open_fd(self._tmp, os.O_WRONLY | os.O_TRUNC)
+
+    def write(self, piece: bytes | memoryview) -> None:
+        assert self._fd is not None, "written after its commit or abort"
         try:
-            for piece in (data,) if isinstance(data, bytes) else data:
-                write_all(fd, piece)
-                written += len(piece)
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            write_all(self._fd, piece)
+        except BaseException:
+            self.abort()
+            raise
+        self.written += len(piece)
+
+    def commit(self) -> int:
+        """Put it in place; how many bytes it has."""
+        fd, self._fd = self._fd, None
+        assert fd is not None, "committed twice, or after its abort"
+        try:
+            try:
+                if self.sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
+            raise
+        return self.written
+
+    def abort(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
+
+
+def write_atomic(path: Path, data: bytes | Iterable[bytes | memoryview], sync: bool = True) -> int:
+    """Write `data` (or its pieces, in turn: a large file is never held whole) to `path` as
+    `AtomicFile` does. Returns how many bytes it wrote. When it fails, the temp file is
+    removed and the OSError raised."""
+    file = AtomicFile(path, sync)
+    try:
+        for piece in (data,) if isinstance(data, bytes) else data:
+            file.write(piece)
     except BaseException:  # an OSError, or a piece that could not be made: no temp file left
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        file.abort()
         raise
-    return written
+    return file.commit()
 
 
 def move_aside(path: Path, suffix: str) -> str:
