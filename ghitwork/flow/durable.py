@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import operator
 import time
-from collections.abc import Collection, Container, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ghitwork.bus.changes import (
@@ -33,12 +33,13 @@ if TYPE_CHECKING:
 _ID = operator.attrgetter("id")
 
 
-def requeue(agent: Agent, events: Sequence[Event], redelivered: Container[int]) -> tuple[Part, ...]:
+def requeue(agent: Agent, events: Sequence[Event], redelivered: Iterable[int]) -> tuple[Part, ...]:
     """`events` to be delivered again to `agent`, per conversation; those in `redelivered`
     are marked so (their run may have done part of the work: the agent is told)."""
     parts = agent.split(events)
+    marks = set(redelivered)  # looked up once per event; let go once they are marked
     for conversation, part in parts:
-        marked = [e.id for e in part if e.id in redelivered]
+        marked = [e.id for e in part if e.id in marks] if marks else []
         agent.conversation(conversation).redelivered.update(marked)
     return tuple(parts)
 
