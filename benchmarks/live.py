@@ -21,7 +21,8 @@ conversations at scale, each against a direct spawn of the same agent command in
 The agent notes its start in its first instruction (bash's $EPOCHREALTIME, no exec), then the
 event ids of its prompt. Every event is checked to have been delivered, once, to its agent.
 Options: --quick (fewer events), --only live,scale, --gaps 0.02,0.2,1 and --modes agent,thread
-(the live pass cut to those). Exit status 1 when a figure misses its target.
+(the live pass cut to those), --threads N (conversations at scale with N threads rather than
+1,000: the cost curve). Exit status 1 when a figure misses its target.
 """
 
 from __future__ import annotations
@@ -293,9 +294,13 @@ def live(
                 stream.stop()
 
 
-def scale(root: Path, figures: Figures, quick: bool) -> None:
-    print("2. conversations at scale: 1,000 threads, 20 agents, concurrency 4", flush=True)
-    agents, per_agent = 20, 50
+def scale(root: Path, figures: Figures, quick: bool, total: int = 1000) -> None:
+    agents = min(20, total)
+    per_agent = max(1, total // agents)
+    total = agents * per_agent
+    print(
+        f"2. conversations at scale: {total:,} threads, {agents} agents, concurrency 4", flush=True
+    )
     threads = [f"teams/scale/repo{a}/{n}" for n in range(1, per_agent + 1) for a in range(agents)]
     rng = random.Random(3)
     rate = 200.0
@@ -399,7 +404,7 @@ def scale(root: Path, figures: Figures, quick: bool) -> None:
             stream.stop()
     rise = loaded - before
     figures.add(
-        "RSS, 1,000 conversations holding queued events, MB (vs idle before)",
+        f"RSS, {total:,} conversations holding queued events, MB (vs idle before)",
         f"{loaded:.1f}",
         f"{before:.1f}",
         f"+{rise:.1f} MB",
@@ -437,6 +442,8 @@ def main() -> int:
     # the live pass cut to some gaps (seconds: 0.02, 0.2, 1) or modes, for a change's A/B
     parser.add_argument("--gaps", default="0.02,0.2,1")
     parser.add_argument("--modes", default="agent,thread")
+    # conversations at scale with another number of threads (the cost curve: 10 -> 1,000)
+    parser.add_argument("--threads", type=int, default=1000)
     args, _ = parser.parse_known_args()
     only = set(args.only.split(","))
     figures = Figures()
@@ -447,7 +454,7 @@ def main() -> int:
             gaps = [float(g) for g in args.gaps.split(",")]
             live(root, figures, args.quick, gaps, args.modes.split(","))
         if "scale" in only:
-            scale(root, figures, args.quick)
+            scale(root, figures, args.quick, args.threads)
     finally:
         if os.environ.get("GHIT_WORK_BENCH_KEEP"):  # for a closer look at what it wrote
             print(f"kept {root}")
