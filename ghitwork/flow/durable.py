@@ -8,7 +8,7 @@ from __future__ import annotations
 import operator
 import time
 from collections.abc import Collection, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ghitwork.bus.changes import (
     AgentPaused,
@@ -24,7 +24,7 @@ from ghitwork.flow.routing import Pair, Part
 from ghitwork.flow.workdirs import Workspace
 from ghitwork.model.events import Event, Malformed, to_event
 from ghitwork.model.ids import Ids
-from ghitwork.persist.pending import Pending
+from ghitwork.persist.pending import Pending, SavedEvent
 from ghitwork.persist.saved import Saved, SavedAgent
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def requeue(agent: Agent, events: Sequence[Event], redelivered: Iterable[int]) -
     return tuple(parts)
 
 
-def _event(saved: dict[str, Any] | Event) -> Event | Malformed:
+def _event(saved: SavedEvent) -> Event | Malformed:
     """A saved event: kept as its bytes (the journal's and snapshot's), or an object."""
     return saved if isinstance(saved, Event) else to_event(saved, b"")
 
@@ -142,7 +142,7 @@ def snapshot(self: Dispatcher, cursor: int | None) -> Saved:
         quotas={a: u for a in self.accounts.closed if (u := self.accounts.until(a))},
     )
     for name, agent in self.agents.items():
-        events: list[dict[str, Any] | Event] = []  # Events only: sorted by their id
+        events: list[SavedEvent] = []  # Events only: sorted by their id
         inflight: set[int] = set()
         for conversation in agent.conversations.values():
             events += conversation.batch

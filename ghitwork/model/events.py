@@ -118,8 +118,8 @@ def _routing_decoder() -> Any:
     """msgspec's decoder of what routing reads of an event. msgspec skips the other fields
     without building them (a third of the cost of parsing the whole object); a value of
     another type fails the read's fast path, and `to_event` judges it line by line. Built on
-    first use: importing msgspec takes ~8 ms, which the source spends once tail-events has
-    started (it makes its Decoder then), while tail-events starts too."""
+    first use: the source makes its Decoder once tail-events has started, while tail-events
+    starts too."""
     routing = _routing()
     return msgspec.json.Decoder(list[routing])  # type: ignore[valid-type]
 

@@ -61,17 +61,13 @@ class Ids:
 
     def add(self, ident: int) -> None:
         ids = self._ids
-        if not ids or ident > ids[-1]:
-            try:
-                ids.append(ident)
-            except OverflowError:
-                self._ids = [*ids, ident]
-        elif ident not in self:
-            at = bisect.bisect_left(ids, ident)
-            try:
-                ids.insert(at, ident)
-            except OverflowError:
-                self._ids = [*ids[:at], ident, *ids[at:]]
+        at = bisect.bisect_left(ids, ident)  # past the largest (a journal's order): the end
+        if at < len(ids) and ids[at] == ident:
+            return
+        try:
+            ids.insert(at, ident)
+        except OverflowError:
+            self._ids = [*ids[:at], ident, *ids[at:]]
 
     def discard(self, ident: int) -> None:
         ids = self._ids

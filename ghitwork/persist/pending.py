@@ -15,36 +15,36 @@ from typing import Any
 
 from ghitwork.model.events import Event
 
-Saved = dict[str, Any] | Event  # an event as loaded (a record of an older file: its dict)
+SavedEvent = dict[str, Any] | Event  # an event as loaded (a record of an older file: its dict)
 
 
-def ident(event: Saved) -> int:
+def ident(event: SavedEvent) -> int:
     return event.id if isinstance(event, Event) else int(event["id"])
 
 
-class Pending(Mapping[int, Saved]):
+class Pending(Mapping[int, SavedEvent]):
     """Adds (`add`) and removals (`discard`) by id, in the order the journal holds them, as
     a dict would take them: an event added again after its removal is queued again; added
     twice, it is queued once, as last added. Reading it settles the list (sorted by id)."""
 
     __slots__ = ("_events", "_gone", "_last", "_settled")
 
-    def __init__(self, events: Iterable[Saved] = ()) -> None:
-        self._events: list[Saved] = list(events)
+    def __init__(self, events: Iterable[SavedEvent] = ()) -> None:
+        self._events: list[SavedEvent] = list(events)
         # id -> how many entries there were when it was removed: those before are gone
         self._gone: dict[int, int] = {}
         self._settled = not self._events
         self._last: int | None = -1  # the last id added, while each came in id order
 
     @classmethod
-    def ordered(cls, events: list[Saved]) -> Pending:
+    def ordered(cls, events: list[SavedEvent]) -> Pending:
         """Events already in id order, one per id (what the flow holds): taken as they are."""
         pending = cls()
         if events:
             pending._events, pending._last = events, ident(events[-1])
         return pending
 
-    def add(self, event: Saved) -> None:
+    def add(self, event: SavedEvent) -> None:
         """An event, queued: in id order (a journal's), the list stays settled."""
         last, event_id = self._last, ident(event)
         self._events.append(event)
@@ -64,7 +64,7 @@ class Pending(Mapping[int, Saved]):
     def clear(self) -> None:
         self._events, self._gone, self._settled, self._last = [], {}, True, -1
 
-    def events(self) -> list[Saved]:
+    def events(self) -> list[SavedEvent]:
         """The queued events in id order (the list itself: not to be changed)."""
         self._settle()
         return self._events
@@ -82,7 +82,7 @@ class Pending(Mapping[int, Saved]):
         self._events, self._gone, self._settled = events, {}, True
         self._last = ident(events[-1]) if events else -1
 
-    def __getitem__(self, event_id: int) -> Saved:
+    def __getitem__(self, event_id: int) -> SavedEvent:
         events = self.events()
         at = bisect.bisect_left(events, event_id, key=ident)
         if at == len(events) or ident(events[at]) != event_id:
