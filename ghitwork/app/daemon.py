@@ -18,6 +18,7 @@ import contextlib
 import functools
 import os
 import signal
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,6 +46,7 @@ from ghitwork.persist.saved import Saved
 from ghitwork.persist.store import StateDirError, Store
 from ghitwork.source.tail import Outcome, TailSource, subscription, tail_argv
 from ghitwork.system.children import Children, end_left_behind
+from ghitwork.system.memory import Quiet
 
 # Redelivery requests are taken within this (SPEC: 2 s); the status snapshot is rewritten at
 # most this often.
@@ -95,6 +97,7 @@ class Daemon:
         self._stop_requested = asyncio.Event()
         self._interrupts = 0
         self._ticks: asyncio.TimerHandle | None = None
+        self._quiet = Quiet(time.monotonic, lambda: self.model.version)  # memory given back
         # What tail-events reads goes into the pipeline, then the journal; only then does the
         # cursor saved and shown move (SPEC §11).
         self.intake = Intake(self.journal, self.slots, self.fatal, lambda: self.failed is not None)
@@ -379,6 +382,7 @@ class Daemon:
             self.intake.take_requests(self.config.state_dir, self.dispatcher, self.bus, names)
         self.model.sweep()
         self.snapshots.write_if_changed()
+        self._quiet.tick(functools.partial(runtime.give_back_memory, self.bus.notice))
         self._ticks = asyncio.get_running_loop().call_later(TICK, self._tick)
 
     async def _serve_http(self, address: str) -> None:

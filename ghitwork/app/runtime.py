@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from ghitwork.bus.changes import Level
 from ghitwork.observe.status import Repeats, Report
+from ghitwork.system import memory
 
 GC_YOUNG = 500_000  # new container objects between collections of the youngest generation
 T = TypeVar("T")
@@ -67,6 +68,20 @@ def raise_open_files_limit() -> tuple[Level, str] | None:
     except (OSError, ValueError) as error:
         return Level.WARNING, f"cannot raise the open files limit from {soft} to {hard}: {error}"
     return Level.DEBUG, f"open files limit raised from {soft} to {hard} (the hard limit)"
+
+
+def give_back_memory(report: Report) -> None:
+    """A quiet spell after work: the C heap's free pages go back to the OS (system/memory.py),
+    and a debug status line says what that did to the resident set."""
+    before = memory.resident_mb()
+    if memory.release() and before is not None:
+        after = memory.resident_mb() or before
+        report(
+            Level.DEBUG,
+            "memory",
+            f"quiet for {memory.QUIET:g}s: free heap pages given back, "
+            f"resident {before:.1f} -> {after:.1f} MB",
+        )
 
 
 def run(main: Coroutine[Any, Any, T], report: Report, debug: bool = False) -> T:
