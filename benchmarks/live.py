@@ -55,6 +55,7 @@ AGENT = ["bash", "-c", STAMP]
 GATED = ["bash", "-c", STAMP + '; exec flock -s "$GATE" true']
 PROMPT = "{% for e in events %}{{ e.id }} {% endfor %}\n"
 KIND = "reply-created"
+TOP: list[str] = []  # more of the [ghit-work] table (--http)
 
 # The baseline: starts the agent command for each event of the stream it reads, as
 # directly as Python can (vfork, as ghit-work's runs), and never waits for a run to end.
@@ -138,6 +139,7 @@ class Stream:
             f"tail_cmd = {json.dumps([REPLAY, str(self.file), '--follow'])}",
             "limit = 0",
             f"agent_prompt = {json.dumps(PROMPT)}",
+            *TOP,
         ]
         for table in agents:
             lines += table
@@ -444,8 +446,12 @@ def main() -> int:
     parser.add_argument("--modes", default="agent,thread")
     # conversations at scale with another number of threads (the cost curve: 10 -> 1,000)
     parser.add_argument("--threads", type=int, default=1000)
+    # with the HTTP side on (the API's snapshot kept, and status.json written from it)
+    parser.add_argument("--http", action="store_true")
     args, _ = parser.parse_known_args()
     only = set(args.only.split(","))
+    if args.http:
+        TOP.append('http = "127.0.0.1:0"')
     figures = Figures()
     print(machine(), flush=True)
     root = Path(tempfile.mkdtemp(prefix="ghit-work-live-"))

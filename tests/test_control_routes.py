@@ -422,7 +422,11 @@ def test_the_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch)
         lambda level, topic, message, agent: lines.append((level, topic, message, agent)),
         clock=lambda: 1000.0,
     )
-    app = web.application(lambda: b"{}", lambda: "healthy", CollectorRegistry(), (), handler)
+
+    async def state() -> bytes:
+        return b"{}"
+
+    app = web.application(state, lambda: "healthy", CollectorRegistry(), (), handler)
 
     async def scenario() -> None:
         async with TestClient(TestServer(app)) as client:

@@ -8,6 +8,7 @@ In-process: Change values are published into each surface, as the flow publishes
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -56,7 +57,7 @@ from ghitwork.model.formatting import iso
 from ghitwork.model.redact import Redactor
 from ghitwork.model.results import RunResult
 from ghitwork.model.usage import Charge, Usage, day_of
-from ghitwork.observe import snapshot
+from ghitwork.observe import snapshot, statusfile
 from ghitwork.observe.agents import IDLE_KEPT, _Agent
 from ghitwork.observe.dashboard import MAX_IDLE, DashboardModel
 from ghitwork.observe.lines import describe
@@ -533,8 +534,9 @@ def test_status_json_written_in_pieces_is_the_snapshot_byte_for_byte(tmp_path: P
     files.serving = True
     m(changed("b", "idle", "queued", 1))
     files.write_if_changed(now=True)
-    assert (tmp_path / "status.json").read_bytes() == files.body(fresh=60.0)
     assert files._cached is not None
+    assert (tmp_path / "status.json").read_bytes() == files._cached[2]
+    assert asyncio.run(files.state()) is files._cached[2], "kept: nothing changed since"
 
 
 def test_the_snapshot_lists_each_agents_conversations() -> None:
@@ -576,7 +578,7 @@ def test_status_lists_the_conversations_under_their_agent_only_in_thread_mode() 
     m = fed(two_threads())
     m(WorkspaceChanged(agent="a", conversation=T39, path="/w/39", ready=True, at=NOW))
     out = io.StringIO()
-    snapshot.render(snapshot.build(m.view(), 4, NOW), out)
+    statusfile.render(snapshot.build(m.view(), 4, NOW), out)
     lines = out.getvalue().splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("  a  "))
     assert lines[at + 1].split() == [T39, "working", "queue", "1", "$0.00", "in", "all"]
@@ -587,7 +589,7 @@ def test_status_lists_the_conversations_under_their_agent_only_in_thread_mode() 
     assert len(lines) == at + 4 or not lines[at + 4].startswith("      ")
     # Agent mode: exactly today's lines.
     plain = io.StringIO()
-    snapshot.render(snapshot.build(model().view(), None, NOW), plain)
+    statusfile.render(snapshot.build(model().view(), None, NOW), plain)
     assert not [line for line in plain.getvalue().splitlines() if line.startswith("      ")]
 
 

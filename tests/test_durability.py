@@ -20,7 +20,7 @@ from rxfakes import agent_config
 
 from ghitwork.bus.changes import ConfigApplied
 from ghitwork.config.model import Config
-from ghitwork.observe import snapshot
+from ghitwork.observe import snapshot, statusfile
 from ghitwork.observe.dashboard import DashboardModel
 from ghitwork.persist import requests as deadletters
 from ghitwork.persist.store import running_pid
@@ -272,19 +272,19 @@ def test_status_json_write_errors_are_reported_once_and_an_unreadable_one_moved_
     assert reports[1:] == [("info", f"state_dir {state_dir}: status.json written again")]
     path = state_dir / "status.json"
     assert path.stat().st_mode & 0o777 == 0o600
-    assert snapshot.read(state_dir)["stream"]["cursor"] == 5  # type: ignore[index]
+    assert statusfile.read(state_dir)["stream"]["cursor"] == 5  # type: ignore[index]
 
     path.write_text('{"version": "0.1", "stre')  # not what ghit-work writes, but it happens
     told: list[str] = []
-    assert snapshot.read(state_dir, report=told.append) is None
-    assert snapshot.read(state_dir, report=told.append) is None
+    assert statusfile.read(state_dir, report=told.append) is None
+    assert statusfile.read(state_dir, report=told.append) is None
     assert told == [
         f"{path}: unreadable (Unterminated string starting at: line 1 column 20 (char 19)); "
         f"moved "
         f"aside as {path}.bad; the running ghit-work writes a new one within a second"
     ]
     snapshots.write_if_changed()  # nothing changed, but the file is gone: written again
-    assert snapshot.read(state_dir) is not None
+    assert statusfile.read(state_dir) is not None
 
 
 def test_a_large_status_json_is_written_a_slice_at_a_time_the_loop_turning_between(
@@ -302,7 +302,7 @@ def test_a_large_status_json_is_written_a_slice_at_a_time_the_loop_turning_betwe
     path = tmp_path / "status.json"
 
     def under_way() -> bool:  # a write in slices, not yet in place
-        return snapshots._under_way is not None
+        return snapshots._building is not None
 
     async def scenario() -> list[str]:
         seen: list[str] = []
@@ -311,20 +311,67 @@ def test_a_large_status_json_is_written_a_slice_at_a_time_the_loop_turning_betwe
         loop.call_soon(lambda: seen.append("other work" if not path.exists() else "late"))
         while under_way():
             await asyncio.sleep(0)
-        seen.append(str(snapshot.read(tmp_path)["stream"]["cursor"]))  # type: ignore[index]
+        seen.append(str(statusfile.read(tmp_path)["stream"]["cursor"]))  # type: ignore[index]
         cursor[0] = 9  # changed: the next write starts, and the stop's write takes over
         snapshots._next = 0.0
         snapshots.write_if_changed()
         assert under_way()
         snapshots.write_if_changed(now=True)
-        seen.append(str(snapshot.read(tmp_path)["stream"]["cursor"]))  # type: ignore[index]
+        seen.append(str(statusfile.read(tmp_path)["stream"]["cursor"]))  # type: ignore[index]
         await asyncio.sleep(0)  # the first write's next slice finds it given up
         await asyncio.sleep(0)
         return seen
 
     assert asyncio.run(scenario()) == ["other work", "5", "9"]
-    document = snapshot.read(tmp_path)
+    document = statusfile.read(tmp_path)
     assert document is not None and [a["name"] for a in document["agents"]] == [
         f"a{n}" for n in range(6)
     ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]  # no temp file left
+
+
+def test_the_api_gets_a_large_snapshot_made_a_slice_at_a_time_and_shares_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `http` (`serving`), a request for /api/v1/state does not make the snapshot at
+    once either: it is made SLICE at a time, the loop turning between, and written to
+    status.json too; requests meanwhile wait for the same one, and get the one kept until
+    something changed and it is FRESH seconds old. The stop's write takes over one under
+    way, and answers its requests."""
+    monkeypatch.setattr(snapshot, "SLICE", 0.0)
+    model = DashboardModel()
+    agents = tuple(agent_config(f"a{n}") for n in range(6))
+    model(ConfigApplied(config=Config(path=Path("x.toml"), agents=agents)))
+    cursor = [5]
+    snapshots = snapshot.Snapshots(model, lambda: cursor[0], tmp_path)
+    snapshots.serving = True
+    path = tmp_path / "status.json"
+
+    async def scenario() -> list[object]:
+        seen: list[object] = []
+        loop = asyncio.get_running_loop()
+        first = asyncio.ensure_future(snapshots.state())
+        second = asyncio.ensure_future(snapshots.state())
+        await asyncio.sleep(0)
+        loop.call_soon(lambda: seen.append(snapshots._building is not None))  # between
+        one, two = await asyncio.gather(first, second)
+        seen.append(one is two)
+        seen.append(path.read_bytes() == one)
+        seen.append(json.loads(one)["stream"]["cursor"])
+        seen.append(await snapshots.state() is one)  # nothing changed: the one kept
+        cursor[0] = 7
+        seen.append(await snapshots.state() is one)  # changed, but not FRESH seconds ago
+        monkeypatch.setattr(snapshot, "FRESH", 0.0)
+        third = asyncio.ensure_future(snapshots.state())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert snapshots._building is not None
+        cursor[0] = 9
+        snapshots.write_if_changed(now=True)  # the stop's write: at once, and it answers
+        body = await third
+        seen.append(json.loads(body)["stream"]["cursor"])
+        seen.append(path.read_bytes() == body)
+        return seen
+
+    assert asyncio.run(scenario()) == [True, True, True, 5, True, True, 9, True]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]  # no temp file left

@@ -17,7 +17,7 @@ from ghitwork.app.shutdown import Exit
 from ghitwork.config.model import Config, ConfigError
 from ghitwork.model.durations import format_duration
 from ghitwork.model.formatting import id_ranges, iso
-from ghitwork.observe import snapshot
+from ghitwork.observe import statusfile
 from ghitwork.persist.requests import current, request_redelivery
 from ghitwork.persist.store import running_pid
 from ghitwork.source.tail import tail_command
@@ -191,7 +191,7 @@ def status(state_dir: Path, as_json: bool, out: TextIO, err: TextIO) -> int:
         if pid is None:
             print(f"{PROG}: error: no ghit-work is running on state_dir {state_dir}", file=err)
             return Exit.FAILURE
-        current = snapshot.read(
+        current = statusfile.read(
             state_dir, report=lambda m: print(f"{PROG}: warning: {m}", file=err)
         )
         if current is not None and current.get("pid") in (pid, 1):
@@ -203,5 +203,5 @@ def status(state_dir: Path, as_json: bool, out: TextIO, err: TextIO) -> int:
     if as_json:
         print(json.dumps(current, ensure_ascii=False), file=out)
     else:
-        snapshot.render(current, out)
+        statusfile.render(current, out)
     return Exit.OK

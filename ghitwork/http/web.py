@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from importlib import resources
 
 from aiohttp import web
@@ -109,7 +109,7 @@ def loopback_only(repeats: Repeats) -> Middleware:
 
 
 def application(
-    snapshot: Callable[[], bytes],
+    snapshot: Callable[[], Awaitable[bytes]],
     health: Callable[[], str],
     metrics: CollectorRegistry,
     middlewares: tuple[Middleware, ...] = (),
@@ -123,7 +123,7 @@ def application(
 
     async def state(request: web.Request) -> web.Response:
         return web.Response(
-            body=snapshot(),
+            body=await snapshot(),
             content_type="application/json",
             headers={"Cache-Control": "no-store"},
         )
@@ -190,7 +190,7 @@ async def start(
 
             handler = control_handler(controls, guard, known, bus.notice)
     app = application(
-        snapshots.body,
+        snapshots.state,
         lambda: snapshots.model.health,
         metrics.registry(counts, snapshots.model),
         tuple(middlewares),

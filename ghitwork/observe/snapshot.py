@@ -15,23 +15,22 @@ environment or a secret: the view it is built from is redacted by the shared Red
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from ghitwork import __version__
 from ghitwork.bus.changes import AgentState
-from ghitwork.model.formatting import id_ranges, iso
+from ghitwork.model.formatting import iso
 from ghitwork.model.results import RunResult
 from ghitwork.model.usage import Usage
 from ghitwork.observe.dashboard import AgentView, ConversationView, DashboardModel, View
-from ghitwork.observe.view import DAYS, OWN_NAME
+from ghitwork.observe.view import DAYS
 from ghitwork.persist.saved import dumps
-from ghitwork.system.files import AtomicFile, move_aside
+from ghitwork.system.files import AtomicFile
 
 FILE = "status.json"
 REFRESH = 1.0  # seconds: the snapshot file is rewritten at most this often
@@ -179,9 +178,35 @@ def pieces(view: View, cursor: int | None, now: float) -> Iterator[bytes]:
     yield b"]," + dumps(after)[1:] if after else b"]}"
 
 
+_Key = tuple[int, int | None]  # (the model's version, the cursor): what the snapshot shows
+
+
+class _Build:
+    """One snapshot being made a slice at a time: written to status.json (`file`, when it is
+    to be rewritten and can be) and kept whole (`kept`, when the API serves it), for whoever
+    awaits it (`waiters`)."""
+
+    def __init__(
+        self, key: _Key, data: Iterator[bytes], file: AtomicFile | None, keep: bool
+    ) -> None:
+        self.key, self.data, self.file = key, data, file
+        self.kept: list[bytes] | None = [] if keep else None
+        self.waiters: list[asyncio.Future[bytes]] = []
+        self.started = time.monotonic()
+        self.spent = 0.0  # the loop's time its slices took
+
+    def failed(self, error: BaseException) -> None:
+        """A piece could not be made (a bug): no file, and the waiters get the error."""
+        if self.file is not None:
+            self.file.abort()
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+
+
 class Snapshots:
-    """Keeps the snapshot: built when asked (the HTTP API), written to state_dir when it
-    changed (at most once per REFRESH)."""
+    """Keeps the snapshot: written to state_dir when it changed (at most once per REFRESH),
+    and, when the HTTP API serves it (`serving`), kept and made when asked."""
 
     def __init__(
         self,
@@ -198,29 +223,35 @@ class Snapshots:
         self.path = state_dir / FILE
         self.clock = clock
         self.report = report
-        self._written: tuple[int, int | None] | None = None
+        self._written: _Key | None = None
         self._failing: str | None = None  # the write error reported, until a write succeeds
-        self._cached: tuple[tuple[int, int | None], float, bytes] | None = None
+        self._cached: tuple[_Key, float, bytes] | None = None
         self._next = 0.0  # no write before (time.monotonic), however much changed
-        self._under_way: AtomicFile | None = None  # a write in slices, not yet in place
-        # The HTTP API serves `body()`, kept between changes; without it status.json is
+        self._building: _Build | None = None  # a snapshot being made in slices
+        # The HTTP API serves the snapshot, kept between changes; without it status.json is
         # written in pieces and nothing is kept.
         self.serving = False
 
-    def current(self) -> dict[str, Any]:
-        return build(self.model.view(), self.cursor(), self.clock())
+    def _key(self) -> _Key:
+        return (self.model.version, self.cursor())
 
-    def body(self, fresh: float = FRESH) -> bytes:
-        """The snapshot as JSON bytes, rebuilt only when something changed and the last
-        build is older than `fresh` seconds: however many clients poll, building it costs
-        the loop at most a few times a second, and dispatch does not wait behind them."""
-        key = (self.model.version, self.cursor())
-        now = time.monotonic()
+    async def state(self) -> bytes:
+        """The API's body: the one kept, while nothing changed or it is younger than FRESH
+        (however many clients poll, making it costs the loop a few times a second at most);
+        else made SLICE at a time like status.json, and written there too, the loop
+        dispatching between two slices. Requests meanwhile wait for the same one."""
+        key = self._key()
         cached = self._cached
-        if cached is None or (cached[0] != key and now - cached[1] >= fresh):
-            data = dumps(self.current())
-            self._cached = cached = (key, now, data)
-        return cached[2]
+        if cached is not None and (cached[0] == key or time.monotonic() - cached[1] < FRESH):
+            return cached[2]
+        building = self._building
+        if building is None or building.kept is None:
+            self._give_up()
+            building = self._start(key, self.path.exists() and key == self._written)
+            asyncio.get_running_loop().call_soon(self._slice, building, False)
+        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        building.waiters.append(waiter)
+        return await waiter
 
     def write_if_changed(self, now: bool = False) -> None:
         """Rewrite status.json (0600) if something changed, or if it is gone (a reader moved
@@ -235,40 +266,46 @@ class Snapshots:
         spent at most `SHARE` of its time on them (a catch-up into 19,000 conversations makes
         a 150 ms snapshot, rewritten every 3 s instead of every second). `now`: at once,
         whatever it cost (the stop's last write); a file gone is written at once too."""
-        key = (self.model.version, self.cursor())
+        key = self._key()
         there = self.path.exists()
         if key == self._written and there:
             return
-        started = time.monotonic()
-        if there and not now and started < self._next:
+        if there and not now and time.monotonic() < self._next:
             return
-        if self._under_way is not None:
-            if not now:
-                return  # it ends within a few turns of the loop
-            self._under_way.abort()
-            self._under_way = None
-        data: Iterator[bytes]
-        if self.serving:
-            data = iter((self.body(fresh=0.0),))
-        else:  # nothing else asks for `body()`: nothing to keep
-            data = pieces(self.model.view(), key[1], self.clock())
-        try:
-            file = self._under_way = AtomicFile(self.path, sync=False)
-        except OSError as error:
-            self._failed(error)
-            return
-        self._slice(key, file, data, started, 0.0, now)
+        if self._building is not None and not now:
+            return  # it ends within a few turns of the loop
+        waiters = self._give_up()  # the stop's write takes over, and its waiters
+        building = self._start(key, False)
+        building.waiters = waiters
+        self._slice(building, now)
 
-    def _slice(
-        self,
-        key: tuple[int, int | None],
-        file: AtomicFile,
-        data: Iterator[bytes],
-        started: float,
-        spent: float,
-        now: bool,
-    ) -> None:
-        if self._under_way is not file:
+    def _give_up(self) -> list[asyncio.Future[bytes]]:
+        """The snapshot under way given up (its temp file removed); who waits for it."""
+        building, self._building = self._building, None
+        if building is None:
+            return []
+        if building.file is not None:
+            building.file.abort()
+        return building.waiters
+
+    def _start(self, key: _Key, written: bool) -> _Build:
+        """A snapshot of now, to be made (`written`: status.json already shows it)."""
+        cached = self._cached
+        if self.serving and cached is not None and cached[0] == key:
+            data: Iterator[bytes] = iter((cached[2],))
+        else:
+            data = pieces(self.model.view(), key[1], self.clock())
+        file = None
+        if not written:
+            try:
+                file = AtomicFile(self.path, sync=False)
+            except OSError as error:
+                self._failed(error)
+        building = self._building = _Build(key, data, file, self.serving)
+        return building
+
+    def _slice(self, building: _Build, now: bool) -> None:
+        if self._building is not building:
             return  # given up for a write at once
         began = time.monotonic()
         try:
@@ -276,28 +313,52 @@ class Snapshots:
         except RuntimeError:  # no loop (a command, a test): all at once
             loop = None
         try:
-            for piece in data:
-                file.write(piece)
+            for piece in building.data:
+                self._add(building, piece)
+                if building.file is None and building.kept is None:
+                    break  # the file failed, and nothing else wants it
                 if loop is not None and time.monotonic() - began >= SLICE:
-                    spent += time.monotonic() - began
-                    loop.call_soon(self._slice, key, file, data, started, spent, now)
+                    building.spent += time.monotonic() - began
+                    loop.call_soon(self._slice, building, now)
                     return
-            file.commit()
+        except BaseException as error:
+            self._building = None
+            building.failed(error)
+            raise
+        self._building = None
+        building.spent += time.monotonic() - began
+        self._finish(building)
+
+    def _add(self, building: _Build, piece: bytes) -> None:
+        if building.kept is not None:
+            building.kept.append(piece)
+        if building.file is not None:
+            try:
+                building.file.write(piece)
+            except OSError as error:  # the file removed its temp file
+                building.file = None
+                self._failed(error)
+
+    def _finish(self, building: _Build) -> None:
+        if building.kept is not None:
+            body = b"".join(building.kept)
+            self._cached = (building.key, building.started, body)
+            for waiter in building.waiters:
+                if not waiter.done():  # its request may have gone
+                    waiter.set_result(body)
+        if building.file is None:
+            return
+        try:
+            building.file.commit()
         except OSError as error:
-            self._under_way = None  # the file removed its temp file
             self._failed(error)
             return
-        except BaseException:
-            self._under_way = None
-            file.abort()
-            raise
-        self._under_way = None
         if self._failing is not None:
             self._failing = None
             if self.report is not None:
                 self.report("info", f"state_dir {self.path.parent}: {FILE} written again")
-        self._written = key
-        self._next = started + (spent + time.monotonic() - began) / SHARE
+        self._written = building.key
+        self._next = building.started + building.spent / SHARE
 
     def _failed(self, error: OSError) -> None:
         problem = (
@@ -308,86 +369,3 @@ class Snapshots:
             self._failing = problem
             if self.report is not None:
                 self.report("error", problem)
-
-
-def read(state_dir: Path, report: Callable[[str], None] | None = None) -> dict[str, Any] | None:
-    """The snapshot the running instance wrote, or None. One that cannot be read is moved
-    aside (`status.json.bad`, so it is reported once, and the instance writes a new one
-    within a second) and told to `report`."""
-    path = state_dir / FILE
-    try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        why = error.strerror or str(error)
-    except ValueError as error:
-        why = str(error).splitlines()[0][:200] if str(error) else "not JSON"
-    else:
-        if isinstance(data, dict):
-            return data
-        why = "not a JSON object"
-    where = move_aside(path, "bad")
-    if report is not None:
-        report(
-            f"{path}: unreadable ({why}); {where}; the running ghit-work writes a new one "
-            "within a second"
-        )
-    return None
-
-
-def render(snapshot: dict[str, Any], out: TextIO) -> None:
-    """`ghit-work status`: what the instance is doing, for a person."""
-    stream = snapshot["stream"]
-    cursor = stream.get("cursor")
-    print(
-        f"ghit-work {snapshot.get('version', '?')} (pid {snapshot.get('pid')}), "
-        f"config {snapshot.get('config')}, as of {snapshot.get('time')}",
-        file=out,
-    )
-    print(
-        f"stream: {stream.get('state')}, cursor {cursor if cursor is not None else 'none'}, "
-        f"{stream.get('events_seen', 0)} events seen",
-        file=out,
-    )
-    print(f"cost today: ${snapshot.get('cost_today_usd', 0.0):.2f}", file=out)
-    agents = snapshot.get("agents", [])
-    print(f"agents ({len(agents)}):", file=out)
-    width = max((len(agent["name"]) for agent in agents), default=4)
-    for agent in agents:
-        parts = [f"{agent['state']:<12}", f"queue {agent['queue']}"]
-        if agent["batch"]:
-            parts.append(f"batch [{id_ranges(agent['batch'])}]")
-        if agent.get("attempts"):
-            parts.append(f"attempt {agent['attempt']}/{agent['attempts']}")
-        if agent.get("retry_at"):
-            parts.append(f"next at {agent['retry_at']}")
-        parts.append(f"${agent['usage']['cost_today_usd']:.2f} today")
-        parts.append(f"dead letters {agent['dead_letters']}")
-        if agent.get("session_id"):
-            parts.append(f"session {agent['session_id']}")
-        if agent.get("problem"):  # what holds it (a pause, a quota), asks, or failed last
-            parts.append(f"- {agent['problem']}")
-        print(f"  {agent['name']:<{width}}  " + "  ".join(parts), file=out)
-        conversations = agent.get("conversations", [])
-        if any(c["conversation"] for c in conversations):
-            _conversations(conversations, out)
-    attention = snapshot.get("attention", [])
-    if attention:
-        print("attention (latest last):", file=out)
-        for line in attention[-10:]:
-            print(f"  {line}", file=out)
-
-
-def _conversations(conversations: list[dict[str, Any]], out: TextIO) -> None:
-    """An agent's conversations under it, one line each (SPEC §12)."""
-    names = [c["conversation"] or OWN_NAME for c in conversations]
-    width = min(max(map(len, names)), 60)
-    for name, conversation in zip(names, conversations, strict=True):
-        why = conversation.get("question") or conversation.get("problem")
-        print(
-            f"      {name:<{width}}  {conversation['state']:<12}  "
-            f"queue {conversation['queue']}  ${conversation['usage']['cost_usd']:.2f} in all"
-            + (f"  - {why}" if why else ""),
-            file=out,
-        )
