@@ -17,7 +17,6 @@ from ghitwork.app.shutdown import Exit
 from ghitwork.config.model import Config, ConfigError
 from ghitwork.model.durations import format_duration
 from ghitwork.model.formatting import id_ranges, iso
-from ghitwork.observe import statusfile
 from ghitwork.persist.requests import current, request_redelivery
 from ghitwork.persist.store import running_pid
 from ghitwork.source.tail import tail_command
@@ -185,6 +184,8 @@ def check(config: Config, out: TextIO) -> None:
 
 def status(state_dir: Path, as_json: bool, out: TextIO, err: TextIO) -> int:
     """`ghit-work status`: the snapshot the running instance keeps in state_dir."""
+    from ghitwork.observe import statusfile  # only this command reads it back
+
     deadline = time.monotonic() + 3.0
     while True:
         pid = running_pid(state_dir)
