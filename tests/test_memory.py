@@ -29,7 +29,7 @@ def test_memory_is_given_back_once_a_quiet_spell_has_lasted() -> None:
         given.append(clock.now)
         version[0] += 1  # its own status line is a change: it must not start another spell
 
-    quiet = Quiet(clock, lambda: version[0])
+    quiet = Quiet(lambda: version[0], clock)
     for _ in range(3):  # busy: a change at every tick, however long
         clock.now += QUIET
         version[0] += 1

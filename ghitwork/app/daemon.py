@@ -18,7 +18,6 @@ import contextlib
 import functools
 import os
 import signal
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -91,13 +90,13 @@ class Daemon:
         if model is None:
             bus.changes.subscribe(self.model)
         self.snapshots = Snapshots(
-            self.model, self._cursor, config.state_dir, report=self._report_store
+            self.model, lambda: self.intake.routed, config.state_dir, report=self._report_store
         )
         self._http: Any = None  # web.Server, when `http` is set
         self._stop_requested = asyncio.Event()
         self._interrupts = 0
         self._ticks: asyncio.TimerHandle | None = None
-        self._quiet = Quiet(time.monotonic, lambda: self.model.version)  # memory given back
+        self._quiet = Quiet(lambda: self.model.version)  # memory given back once quiet
         # What tail-events reads goes into the pipeline, then the journal; only then does the
         # cursor saved and shown move (SPEC §11).
         self.intake = Intake(self.journal, self.slots, self.fatal, lambda: self.failed is not None)
@@ -111,9 +110,6 @@ class Daemon:
         )
         self.json_lines = json_lines  # --log-format json
         bus.fail = lambda error: self.fatal("state bus", error)
-
-    def _cursor(self) -> int | None:
-        return self.intake.routed
 
     def _report_store(self, level: str, message: str) -> None:
         self.bus.notice(Level(level), "state", message)
@@ -397,8 +393,5 @@ class Daemon:
     def redeliver_agent(self, name: str, by: str) -> int:
         """Every dead letter of agent `name` handed back (the TUI's `R`, the HTTP route)."""
         letters = self.dispatcher.dead_letters.items()
-        return self.redeliver([i for i, letter in letters if letter.agent == name], by)
-
-    def redeliver(self, ids: tuple[int, ...] | list[int], by: str) -> int:
-        """Hand dead letters back to their agents; how many were (the TUI's `R`)."""
+        ids = [i for i, letter in letters if letter.agent == name]
         return self.intake.redeliver(self.dispatcher, ids, by)

@@ -247,7 +247,7 @@ class Snapshots:
         building = self._building
         if building is None or building.kept is None:
             self._give_up()
-            building = self._start(key, self.path.exists() and key == self._written)
+            building = self._start(key, key == self._written)  # gone: the tick writes it
             asyncio.get_running_loop().call_soon(self._slice, building, False)
         waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         building.waiters.append(waiter)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Callable
 
 QUIET = 10.0  # seconds without a change before the memory freed meanwhile is given back
@@ -57,7 +58,9 @@ class Quiet:
     the views letting idle conversations go) makes the next spell count again; whatever
     `release` itself changes (its status line) does not."""
 
-    def __init__(self, clock: Callable[[], float], version: Callable[[], int]):
+    def __init__(
+        self, version: Callable[[], int], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._clock = clock
         self._current = version
         self._version = version()
